@@ -1,0 +1,140 @@
+"""The daemon process: configuration, logging, bus, engine, signals and systemd notifications wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+import structlog
+
+from vpsadmind import __version__
+from vpsadmind.config import Config, load_config
+from vpsadmind.engine.core import Engine
+from vpsadmind.errors import AgentError, ConfigError, NodeLocked
+from vpsadmind.handlers.base import import_handler_modules
+from vpsadmind.log import configure_logging
+from vpsadmind.sdnotify import notify, watchdog_interval
+
+__all__ = ["Daemon", "EXIT_OK", "EXIT_ERR", "EXIT_LOCKED"]
+
+EXIT_OK = 0
+EXIT_ERR = 1
+EXIT_LOCKED = 3
+
+log = structlog.get_logger("vpsadmind.daemon")
+
+
+class Daemon:
+    def __init__(self, config_path: str, *, config: Config | None = None) -> None:
+        self.config_path = config_path
+        self.config = config or load_config(config_path)
+        self.engine: Engine | None = None
+        self.bus: Any = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def request_stop(self) -> None:
+        log.info("stop_requested")
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the file; a bad file is reported and the running configuration kept."""
+        notify("RELOADING=1")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc))
+            notify("READY=1")
+            return
+        if new.server_id != self.config.server_id:
+            log.error("reload_refused", error="vpsadmin.server_id cannot change while running")
+            notify("READY=1")
+            return
+        self.config = new
+        configure_logging(new.log.level, new.log.format)
+        if self.engine is not None:
+            self.engine.config = new
+            self.engine.ctx.config = new
+            self.engine.queues.reconfigure(new.queues)
+        log.info("reloaded", path=self.config_path)
+        notify("READY=1")
+
+    async def run(self) -> int:
+        cfg = self.config
+        import_handler_modules(cfg.handler_modules)
+        engine = Engine(cfg)
+        self.engine = engine
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await engine.start()
+        except NodeLocked as exc:
+            log.error("node_locked", error=str(exc))
+            await engine.db.close()
+            return EXIT_LOCKED
+        self._start_bus(engine)
+        log.info("started", version=__version__, server_id=cfg.server_id, pid_queue_slots=engine.queues.capacity)
+        notify(f"READY=1\nSTATUS=serving server_id {cfg.server_id}")
+        self._start_watchdog()
+        return await self._serve(engine)
+
+    def _start_bus(self, engine: Engine) -> None:
+        if not self.config.mqtt.enabled:
+            return
+        from vpsadmind.bus import Bus
+
+        self.bus = Bus(self.config.mqtt, server_id=self.config.server_id, on_wake=engine.wake)
+        engine.events = self.bus
+        self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
+
+    def _start_watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+
+        async def keepalive() -> None:
+            while True:
+                notify("WATCHDOG=1")
+                await asyncio.sleep(interval)
+
+        self._tasks.append(asyncio.create_task(keepalive(), name="watchdog"))
+
+    async def _serve(self, engine: Engine) -> int:
+        engine_task = asyncio.create_task(engine.run(), name="engine")
+        stop_task = asyncio.create_task(self._stop.wait(), name="stop")
+        await asyncio.wait({engine_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        code = EXIT_OK
+        if engine_task.done() and engine_task.exception() is not None:
+            exc = engine_task.exception()
+            log.error("engine_failed", error=str(exc))
+            code = EXIT_LOCKED if isinstance(exc, NodeLocked) else EXIT_ERR
+        notify("STOPPING=1")
+        await engine.stop(timeout=self.config.shutdown_timeout)
+        for task in (engine_task, stop_task):
+            task.cancel()
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(engine_task, stop_task, *self._tasks, return_exceptions=True)
+        log.info("stopped", code=code)
+        return code
+
+
+def run_daemon(config_path: str) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"vpsadmind: {exc}")
+        return EXIT_ERR
+    configure_logging(config.log.level, config.log.format)
+    try:
+        return asyncio.run(Daemon(config_path, config=config).run())
+    except AgentError as exc:
+        log.error("fatal", error=str(exc))
+        return EXIT_ERR

@@ -1,0 +1,1 @@
+"""The transaction engine: selection, claims, workers, result save, confirmations, journal and recovery."""
