@@ -22,6 +22,7 @@ How a file is read (``config_from_dict`` does steps 2-6 for an already parsed ma
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import ipaddress
 import math
@@ -29,7 +30,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/vpsadmin/vpsadmind.yml"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -749,6 +751,12 @@ def _cross_checks(raw: dict[str, Any], ctx: _Ctx) -> None:
 # Mapping into the dataclasses
 
 
+def _pick(cls: Callable[..., _T], section: dict[str, Any]) -> _T:
+    """``cls`` built from the keys of ``section`` that are its fields (obsolete keys may sit beside them)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{name: value for name, value in section.items() if name in names})
+
+
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -781,23 +789,23 @@ def _build_sections(raw: dict[str, Any]) -> dict[str, Any]:
     zfs, sharenfs = raw["vps"]["zfs"], raw["vps"]["zfs"]["sharenfs"]
     mq = raw["mqtt"]
     return {
-        "vz": VzConfig(**raw["vz"]),
+        "vz": _pick(VzConfig, raw["vz"]),
         "vps": VpsConfig(root_dataset=zfs["root_dataset"],
                          sharenfs="on" if sharenfs is True else (sharenfs or None),
                          dumpfile=raw["vps"]["migration"]["dumpfile"]),
         "node": NodeConfig(pubkey_types=list(raw["node"]["pubkey"]["types"]),
                            pubkey_path=raw["node"]["pubkey"]["path"], known_hosts=raw["node"]["known_hosts"]),
         "storage": StorageConfig(update_status=raw["storage"]["update_status"]),
-        "mailer": MailerConfig(**raw["mailer"]),
-        "console": ConsoleConfig(**raw["console"]),
+        "mailer": _pick(MailerConfig, raw["mailer"]),
+        "console": _pick(ConsoleConfig, raw["console"]),
         "mqtt": MqttConfig(enabled=mq["enabled"], host=mq["host"], port=mq["port"],
                            username=_opt_str(mq["username"]), password=_opt_str(mq["password"]),
                            topic_prefix=mq["topic_prefix"], keepalive=mq["keepalive"],
                            reconnect_interval=float(mq["reconnect_interval"])),
         "journal": JournalConfig(path=raw["journal"]["path"]),
-        "log": LogConfig(**raw["log"]),
+        "log": _pick(LogConfig, raw["log"]),
         "transfer": _build_transfer(raw["transfer"]),
-        "metrics": MetricsConfig(**raw["metrics"]),
+        "metrics": _pick(MetricsConfig, raw["metrics"]),
     }
 
 

@@ -63,6 +63,8 @@ class Daemon:
 
     async def run(self) -> int:
         cfg = self.config
+        for warning in cfg.warnings:
+            log.warning("config_obsolete_key", path=self.config_path, detail=warning)
         import_handler_modules(cfg.handler_modules)
         engine = Engine(cfg)
         self.engine = engine

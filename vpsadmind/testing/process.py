@@ -1,0 +1,104 @@
+"""Run vpsadmind as a real process for tests, the demo and benchmarks: write its config, start it, wait until
+it serves, stop it with SIGTERM or kill it with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vpsadmind.testing.db import TestDbSettings
+
+__all__ = ["DaemonProcess", "write_config"]
+
+
+def write_config(path: Path, settings: TestDbSettings, database: str, *, server_id: int, journal: Path,
+                 check_interval: float = 0.1, mqtt: dict[str, Any] | None = None,
+                 extra_vpsadmin: dict[str, Any] | None = None, db_extra: dict[str, Any] | None = None,
+                 hosts: list[str] | None = None) -> Path:
+    cfg: dict[str, Any] = {
+        "db": {"hosts": hosts or [f"{settings.host}:{settings.port}"], "user": settings.user,
+               "pass": settings.password, "name": database, "retry_interval": 1, "connect_timeout": 2,
+               **(db_extra or {})},
+        "vpsadmin": {"server_id": server_id, "check_interval": check_interval, "shutdown_timeout": 10,
+                     "handler_modules": ["vpsadmind.testing.handlers"], "db_version_interval": 0.5,
+                     **(extra_vpsadmin or {})},
+        "journal": {"path": str(journal)},
+        "mqtt": mqtt or {"enabled": False},
+        "log": {"level": "info", "format": "json"},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class DaemonProcess:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait: bool = True, timeout: float = 20.0) -> DaemonProcess:
+        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([sys.executable, "-m", "vpsadmind.cli", "-c", str(self.config)],
+                                     stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        out.close()
+        if wait:
+            self.wait_for_event("started", timeout=timeout)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def events(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if not self.log.exists():
+            return out
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+    def wait_for_event(self, event: str, *, timeout: float = 20.0, count: int = 1, **fields: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events() if e.get("event") == event
+                     and all(e.get(k) == v for k, v in fields.items())]
+            if len(found) >= count:
+                return found[count - 1]
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        raise TimeoutError(f"no {event!r} {fields} from vpsadmind (rc={self.returncode}); log tail:\n{tail}")
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
