@@ -140,6 +140,10 @@ class Database:
         async with conn.cursor() as cur:
             # Dates are written as UTC literals computed in Python; keep NOW() consistent with them.
             await cur.execute("SET time_zone = '+00:00', sql_notes = 0")
+            # A queue under REPEATABLE READ deadlocks on next-key locks of the t_done index between a claim
+            # and a concurrent save; every statement here locks rows by primary key, so READ COMMITTED is
+            # enough and lets claims and saves of different chains pass each other.
+            await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:

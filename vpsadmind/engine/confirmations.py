@@ -52,7 +52,13 @@ def load_yaml(text: str | None) -> Any:
         raise ConfirmationError(f"bad YAML: {exc}") from None
 
 
+def _unsymbol(name: Any) -> Any:
+    """The API serialises Ruby symbols (``:id``); v2.0 interpolated them as their bare names."""
+    return name[1:] if isinstance(name, str) and name.startswith(":") else name
+
+
 def quote_ident(name: Any) -> str:
+    name = _unsymbol(name)
     if not isinstance(name, str) or not _IDENT.match(name):
         raise ConfirmationError(f"not a valid SQL identifier: {name!r:.80}")
     return f"`{name}`"
@@ -73,14 +79,21 @@ class Confirmation:
     table_name: str
     row_pks: Any
     attr_changes: Any
-    confirm_type: ConfirmType
+    confirm_type: ConfirmType | int
     success: bool
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Confirmation:
+        raw_type = int(row["confirm_type"])
+        ctype: ConfirmType | int = ConfirmType(raw_type) if raw_type in ConfirmType._value2member_map_ else raw_type
         return cls(id=int(row["id"]), transaction_id=int(row["transaction_id"]), table_name=row["table_name"],
-                   row_pks=row["row_pks"], attr_changes=row["attr_changes"],
-                   confirm_type=ConfirmType(int(row["confirm_type"])), success=int(row["t_success"]) > 0)
+                   row_pks=row["row_pks"], attr_changes=row["attr_changes"], confirm_type=ctype,
+                   success=int(row["t_success"]) > 0)
+
+    @property
+    def type_name(self) -> str:
+        t = self.confirm_type
+        return t.name.lower() if isinstance(t, ConfirmType) else f"unknown type {t}"
 
 
 def _where(row_pks: Any) -> tuple[str, list[Any]]:
@@ -104,10 +117,12 @@ def _counter_column(attr_changes: Any) -> str:
 
 def plan(c: Confirmation, direction: Direction) -> tuple[str, list[Any]] | None:
     """The statement that confirmation ``c`` needs when its chain closes in ``direction``, or None."""
+    if not isinstance(c.confirm_type, ConfirmType):
+        raise ConfirmationError(f"unknown confirm_type {c.confirm_type}")
     table = quote_ident(c.table_name)
     executed = c.success and direction is Direction.EXECUTE
     where, wargs = _where(c.row_pks)
-    t = c.confirm_type
+    t: ConfirmType = c.confirm_type
     if t is ConfirmType.CREATE:
         if executed:
             return f"UPDATE {table} SET `confirmed` = 1 WHERE {where}", wargs
@@ -165,7 +180,7 @@ async def apply_chain_confirmations(tx: Tx, chain_id: int, direction: Direction,
             await apply_confirmation(tx, c, direction)
         except Exception as exc:
             await tx.execute("ROLLBACK TO SAVEPOINT confirmation")
-            errors.append(f"confirmation {c.id} ({c.confirm_type.name.lower()} on {c.table_name!r:.70}): {exc}")
+            errors.append(f"confirmation {c.id} ({c.type_name} on {c.table_name!r:.70}): {exc}")
             continue
         done.append(c.id)
     if done:

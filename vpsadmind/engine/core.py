@@ -186,7 +186,7 @@ class Engine:
         if self.paused or self.queues.all_full():
             return 0
         self.stats["polls"] += 1
-        execute, rollback = await select_candidates(self.db, self.server_id, self.queues.capacity)
+        execute, rollback = await self._select()
         started = 0
         now = time.monotonic()
         for t in rollback + execute:
@@ -203,6 +203,15 @@ class Engine:
             self._spawn(t, queue)
             started += 1
         return started
+
+    async def _select(self) -> tuple[list[Transaction], list[Transaction]]:
+        now = time.monotonic()
+        open_queues = [q.name for q in self.queues.queues.values()
+                       if q.name != ROLLBACK_QUEUE and q.started(now) and q.has_slot(True)]
+        known = [name for name in self.queues.queues if name != ROLLBACK_QUEUE]
+        return await select_candidates(
+            self.db, self.server_id, self.queues.capacity, open_queues=open_queues, known_queues=known,
+            include_unknown="general" in open_queues, rollback=self.queues.get(ROLLBACK_QUEUE).has_slot(True))
 
     def _queue_for(self, t: Transaction) -> Queue:
         return self.queues.get(ROLLBACK_QUEUE if t.direction is Direction.ROLLBACK else t.queue)
@@ -224,6 +233,7 @@ class Engine:
     async def _work(self, t: Transaction, queue: Queue, interrupted: bool) -> None:
         structlog.contextvars.bind_contextvars(chain=t.chain_id, transaction=t.t_id,
                                                handler=handler_name(t.t_type), direction=t.direction.label)
+        outcome: SaveOutcome | None = None
         try:
             log.info("transaction_start", t_type=t.t_type, queue=queue.name, interrupted=interrupted or None)
             result, handler = await run_transaction(t, self.ctx, interrupted=interrupted)
@@ -235,7 +245,26 @@ class Engine:
         finally:
             queue.running.discard(t.chain_id)
             self.running.pop(t.chain_id, None)
+        nxt = outcome.next_transaction if outcome is not None else None
+        if nxt is None or nxt.t_server != self.server_id or not await self._start_follower(nxt):
             self._wake.set()
+
+    async def _start_follower(self, t: Transaction) -> bool:
+        """Start the chain's next step here at once instead of waiting for a poll (v2.0: running chains first)."""
+        if self._stopping or self.paused:
+            return False
+        queue = self._queue_for(t)
+        if not self._may_start(t, queue, time.monotonic()):
+            return False
+        try:
+            async with self.db.autocommit() as tx:
+                won = await claim(tx, t, server_id=self.server_id, host=self._host, pid=os.getpid())
+        except Exception as exc:
+            log.warning("follower_claim_failed", error=str(exc))
+            return False
+        if won:
+            self._spawn(t, queue)
+        return won
 
     def block_chain(self, chain_id: int, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(work)

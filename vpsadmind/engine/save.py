@@ -31,6 +31,7 @@ from vpsadmind.engine.model import (
     TSuccess,
     utcnow,
 )
+from vpsadmind.engine.select import COLUMNS
 
 if TYPE_CHECKING:
     from vpsadmind.handlers.base import Handler
@@ -51,6 +52,8 @@ class SaveOutcome:
     next_t_id: int | None = None
     next_server: int | None = None
     closed: bool = False
+    # The chain's next transaction in the execute direction, as the scheduler would select it.
+    next_transaction: Transaction | None = None
 
 
 async def fail_followers(tx: Tx, chain_id: int, t_id: int) -> None:
@@ -105,7 +108,7 @@ async def _set_chain(tx: Tx, chain: dict[str, Any], *, state: ChainState | None 
 
 async def _run_post_save(tx: Tx, handler: Handler[Any] | None, result: Result) -> None:
     if handler is None or result.direction is not Direction.EXECUTE or result.status == TSuccess.FAILED \
-            or result.self_rolled_back:
+            or result.self_rolled_back or not handler.has_post_save():
         return
     await tx.execute("SAVEPOINT post_save")
     try:
@@ -130,14 +133,18 @@ async def _write_row(tx: Tx, result: Result) -> None:
 
 async def save_result(tx: Tx, t: Transaction, result: Result, handler: Handler[Any] | None) -> SaveOutcome:
     """Write ``result`` and move the chain. Saving the same result twice is a no-op (journal replay)."""
-    chain = await tx.fetchone("SELECT id, state, progress, size FROM transaction_chains WHERE id = %s FOR UPDATE",
-                              (t.chain_id,))
-    row = await tx.fetchone("SELECT t_done FROM transactions WHERE t_id = %s FOR UPDATE", (t.t_id,))
+    # One statement locks both rows: the chain (saves of one chain serialise) and the transaction.
+    chain = await tx.fetchone(
+        "SELECT c.id, c.state, c.progress, c.size, t.t_done FROM transactions t "
+        "JOIN transaction_chains c ON c.id = t.transaction_chain_id WHERE t.t_id = %s FOR UPDATE", (t.t_id,))
     expected = TDone.WAITING if result.direction is Direction.EXECUTE else TDone.DONE
-    if chain is None or row is None or int(row["t_done"]) != expected:
+    if chain is None or int(chain["t_done"]) != expected:
         log.warning("result_already_saved", t_id=t.t_id, chain=t.chain_id)
         return SaveOutcome(saved=False)
     await _run_post_save(tx, handler, result)
+    # The row first, as v2.0 did: confirmations applied at chain close read this transaction's t_success.
+    await _write_row(tx, result)
+    errors_before = len(result.output.get("confirmation_errors", ()))
     direction_ok = (int(chain["state"]) == ChainState.QUEUED) == (result.direction is Direction.EXECUTE)
     if direction_ok and int(chain["state"]) in (ChainState.QUEUED, ChainState.ROLLBACKING):
         if result.direction is Direction.EXECUTE:
@@ -147,7 +154,9 @@ async def save_result(tx: Tx, t: Transaction, result: Result, handler: Handler[A
     else:
         log.warning("chain_moved_meanwhile", t_id=t.t_id, chain=t.chain_id, state=int(chain["state"]))
         out = SaveOutcome(saved=True)
-    await _write_row(tx, result)
+    if len(result.output.get("confirmation_errors", ())) != errors_before:
+        await tx.execute("UPDATE transactions SET t_output = %s WHERE t_id = %s",
+                         (json.dumps(result.output, default=str), result.t_id))
     out.chain_state, out.chain_progress, out.chain_size = (int(chain["state"]), int(chain["progress"]),
                                                            int(chain["size"]))
     return out
@@ -168,9 +177,13 @@ async def _move_execute(tx: Tx, t: Transaction, result: Result, chain: dict[str,
             _note_errors(result, await close_chain(tx, chain, Direction.EXECUTE, state))
             return SaveOutcome(saved=True, closed=True)
         await _set_chain(tx, chain, progress=progress + 1)
-        nxt = await tx.fetchone("SELECT t_id, t_server FROM transactions WHERE t_depends_on = %s "
-                                "ORDER BY t_id LIMIT 1", (t.t_id,))
-        return _next(nxt)
+        nxt = await tx.fetchone("SELECT " + COLUMNS.format(a="t") + " FROM transactions t "
+                                "JOIN transaction_chains c ON c.id = t.transaction_chain_id "
+                                "WHERE t.t_depends_on = %s AND t.t_done = 0 ORDER BY t.t_id LIMIT 1", (t.t_id,))
+        out = _next(nxt)
+        if nxt is not None:
+            out.next_transaction = Transaction.from_row(nxt)
+        return out
     await fail_followers(tx, t.chain_id, t.t_id)
     if result.rollback_failed:
         await close_chain(tx, chain, Direction.ROLLBACK, ChainState.FATAL)

@@ -24,7 +24,7 @@ _EXECUTE = (
     "JOIN transaction_chains c ON c.id = t.transaction_chain_id "
     "LEFT JOIN transactions d ON d.t_id = t.t_depends_on "
     "WHERE t.t_server = %s AND t.t_done = 0 AND t.started_at IS NULL AND c.state = 1 "
-    "AND (t.t_depends_on IS NULL OR d.t_done = 1) "
+    "AND (t.t_depends_on IS NULL OR d.t_done = 1) AND ({queues}) "
     "ORDER BY t.t_priority DESC, t.t_id ASC LIMIT %s)"
 )
 _ROLLBACK = (
@@ -35,23 +35,49 @@ _ROLLBACK = (
     "WHERE d.t_server = %s AND d.t_done = 1 AND c.state = 3 AND cl.transaction_id IS NULL "
     "ORDER BY d.t_priority DESC, d.t_id DESC LIMIT %s)"
 )
-_SELECT = _EXECUTE + " UNION ALL " + _ROLLBACK
 
 
-async def select_candidates(db: Database, server_id: int, limit: int) -> tuple[list[Transaction],
-                                                                                list[Transaction]]:
-    """Execute candidates (priority desc, t_id asc) and rollback candidates (priority desc, t_id desc)."""
-    rows = await db.fetchall(_SELECT, (server_id, limit, server_id, limit))
+def _queue_filter(open_queues: list[str], known: list[str], include_unknown: bool) -> tuple[str, list[str]]:
+    """SQL condition on ``t.queue`` for the queues with a free slot; unknown names run in ``general``."""
+    parts: list[str] = []
+    args: list[str] = []
+    if open_queues:
+        parts.append("t.queue IN (" + ", ".join(["%s"] * len(open_queues)) + ")")
+        args.extend(open_queues)
+    if include_unknown:
+        parts.append("t.queue NOT IN (" + ", ".join(["%s"] * len(known)) + ")")
+        args.extend(known)
+    return (" OR ".join(parts) or "FALSE"), args
+
+
+async def select_candidates(db: Database, server_id: int, limit: int, *, open_queues: list[str],
+                            known_queues: list[str], include_unknown: bool,
+                            rollback: bool) -> tuple[list[Transaction], list[Transaction]]:
+    """Execute candidates (priority desc, t_id asc) of the queues that have a free slot, and rollback
+    candidates (priority desc, t_id desc) when the rollback queue has one. Polling only open queues keeps a
+    busy node from reading, again and again, rows it cannot start."""
+    cond, qargs = _queue_filter(open_queues, known_queues, include_unknown)
+    sql = _EXECUTE.format(queues=cond)
+    args: list[object] = [server_id, *qargs, limit]
+    if rollback:
+        sql += " UNION ALL " + _ROLLBACK
+        args += [server_id, limit]
+    rows = await db.fetchall(sql, args)
     execute = [Transaction.from_row(r) for r in rows if r["kind"] == 0]
-    rollback = [Transaction.from_row(r) for r in rows if r["kind"] == 1]
-    return execute, rollback
+    back = [Transaction.from_row(r) for r in rows if r["kind"] == 1]
+    return execute, back
 
 
 async def claim(tx: Tx, t: Transaction, *, server_id: int, host: str, pid: int) -> bool:
     """Durably mark ``t`` as started by this node; exactly one claim can win."""
     if t.direction.label == "execute":
-        n = await tx.execute("UPDATE transactions SET started_at = %s "
-                             "WHERE t_id = %s AND t_done = 0 AND started_at IS NULL", (utcnow(), t.t_id))
+        try:
+            n = await tx.execute("UPDATE transactions SET started_at = %s "
+                                 "WHERE t_id = %s AND t_done = 0 AND started_at IS NULL", (utcnow(), t.t_id))
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] in (1205, 1213):
+                return False  # a concurrent save holds the row; the next poll sees it again
+            raise
         return n == 1
     try:
         await tx.execute("INSERT INTO vpsadmind_claims (transaction_id, server_id, host, pid, claimed_at) "

@@ -112,6 +112,10 @@ class Handler(Generic[P]):
     async def post_save(self, tx: Tx, result: Result) -> None:
         """Write handler data in the same DB transaction as the result; runs only after a successful exec."""
 
+    @classmethod
+    def has_post_save(cls) -> bool:
+        return cls.post_save is not Handler.post_save
+
     async def recover(self, direction: Direction) -> Outcome | Recovery:
         """Called instead of running again when a crash interrupted this transaction and ``idempotent`` is False.
 
