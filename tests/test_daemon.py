@@ -1,0 +1,79 @@
+"""The daemon process: --check, SIGHUP reload, structured log events with chain/transaction/handler."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+
+from tests.engine_helpers import probe
+from vpsadmind.config import Config
+from vpsadmind.testing.chains import ChainBuilder
+from vpsadmind.testing.db import TestDbSettings
+from vpsadmind.testing.engine import make_config, running_engine, wait_chain
+from vpsadmind.testing.process import DaemonProcess, write_config
+
+
+def run_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vpsadmind.cli", "--check", "-c", str(path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_check_accepts_the_sample_config() -> None:
+    sample = Path(__file__).parents[1] / "etc" / "vpsadmind.yml"
+    res = run_check(sample)
+    assert res.returncode == 0, res.stderr
+    assert "OK" in res.stdout
+
+
+def test_check_names_file_key_and_expectation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(":db:\n  :hosts: [localhost]\n:vpsadmin:\n  :server_id: 1\n  :check_interval: soon\n")
+    res = run_check(bad)
+    assert res.returncode == 1
+    assert str(bad) in res.stderr and "vpsadmin.check_interval" in res.stderr and "expected" in res.stderr
+
+
+async def test_log_events_carry_chain_transaction_and_handler(db: Any, db_settings: TestDbSettings,
+                                                              test_database: str, tmp_path: Path) -> None:
+    cfg: Config = make_config(db_settings, test_database, journal=str(tmp_path / "j"))
+    fired = await probe(ChainBuilder(), fail=True).fire(db)
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with running_engine(cfg):
+            await wait_chain(db, fired.chain_id)
+    saved = [e for e in logs if e["event"] == "transaction_saved"]
+    assert len(saved) == 1
+    event = saved[0]
+    assert (event["chain"], event["transaction"], event["handler"], event["direction"]) == (
+        fired.chain_id, fired.transaction_ids[0], "Probe", "execute")
+    assert event["status"] == "ok" and event["t_done"] == 2  # rolled itself back; status of the rollback
+    assert [e["event"] for e in logs if e.get("transaction") == fired.transaction_ids[0]] == [
+        "transaction_start", "transaction_saved"]
+
+
+async def test_sighup_reloads_and_keeps_running_on_a_bad_file(db_settings: TestDbSettings, test_database: str,
+                                                              tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path / "d.yml", db_settings, test_database, server_id=7, journal=tmp_path / "j")
+    d = DaemonProcess(cfg_path, tmp_path / "d.log").start()
+    try:
+        data = yaml.safe_load(cfg_path.read_text())
+        data["vpsadmin"]["queues"] = {"general": {"threads": 1, "urgent": 0}}
+        cfg_path.write_text(yaml.safe_dump(data))
+        d.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        d.wait_for_event("reloaded")
+        cfg_path.write_text("vpsadmin: [broken")
+        d.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        failed = d.wait_for_event("reload_failed")
+        assert str(cfg_path) in failed["error"]
+        data["vpsadmin"]["server_id"] = 8
+        cfg_path.write_text(yaml.safe_dump(data))
+        d.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        assert "server_id" in d.wait_for_event("reload_refused")["error"]
+        assert d.returncode is None
+    finally:
+        assert d.terminate() == 0
