@@ -77,3 +77,65 @@ async def test_sighup_reloads_and_keeps_running_on_a_bad_file(db_settings: TestD
         assert d.returncode is None
     finally:
         assert d.terminate() == 0
+
+
+def test_systemd_ready_watchdog_and_stopping(db_settings: TestDbSettings, test_database: str,
+                                             tmp_path: Path) -> None:
+    import os
+    import socket
+
+    sock_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(sock_path)
+    listener.settimeout(15)
+    cfg_path = write_config(tmp_path / "d.yml", db_settings, test_database, server_id=9, journal=tmp_path / "j")
+    env = {**os.environ, "NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000"}
+    proc = subprocess.Popen([sys.executable, "-m", "vpsadmind.cli", "-c", str(cfg_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen: list[str] = []
+        while not ("WATCHDOG=1" in seen and any(s.startswith("READY=1") for s in seen)):
+            seen.append(listener.recv(4096).decode())
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in seen:
+            seen.append(listener.recv(4096).decode())
+        assert proc.wait(timeout=15) == 0
+        assert seen.index(next(s for s in seen if s.startswith("READY=1"))) < seen.index("STOPPING=1")
+    finally:
+        proc.kill()
+        listener.close()
+
+
+async def test_sigterm_is_bounded_and_the_cut_transaction_recovers(db: Any, db_settings: TestDbSettings,
+                                                                   test_database: str, tmp_path: Path) -> None:
+    import time
+
+    from vpsadmind.testing.handlers import IDEMPOTENT_PROBE, read_effects
+
+    effects = str(tmp_path / "effects")
+    fired = await ChainBuilder().append(IDEMPOTENT_PROBE, server=1, params={"effects": effects, "sleep": 60}) \
+        .fire(db)
+    cfg_path = write_config(tmp_path / "d.yml", db_settings, test_database, server_id=1, journal=tmp_path / "j",
+                            extra_vpsadmin={"shutdown_timeout": 1})
+    d = DaemonProcess(cfg_path, tmp_path / "d.log").start()
+    d.wait_for_event("transaction_start")
+    t0 = time.monotonic()
+    assert d.terminate(timeout=20) == 0
+    assert time.monotonic() - t0 < 5
+    assert d.wait_for_event("stopping_cancelled")["cancelled"] == 1
+    data = yaml.safe_load(cfg_path.read_text())
+    (tmp_path / "effects").unlink()
+    data["vpsadmin"]["shutdown_timeout"] = 10
+    cfg_path.write_text(yaml.safe_dump(data))
+    # the re-run must not sleep a minute: shorten it through the stored params
+    async with db.cursor() as cur:
+        await cur.execute("UPDATE transactions SET t_param = %s WHERE t_id = %s",
+                          ('{"effects": "%s", "sleep": 0}' % effects, fired.transaction_ids[0]))
+    d2 = DaemonProcess(cfg_path, tmp_path / "d2.log").start()
+    try:
+        chain = await wait_chain(db, fired.chain_id)
+        assert chain["state"] == 2
+        assert read_effects(effects) == [f"exec {fired.transaction_ids[0]}"]
+        assert d2.wait_for_event("transaction_interrupted")["t_id"] == fired.transaction_ids[0]
+    finally:
+        d2.terminate()
