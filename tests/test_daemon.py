@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -130,7 +131,7 @@ async def test_sigterm_is_bounded_and_the_cut_transaction_recovers(db: Any, db_s
     # the re-run must not sleep a minute: shorten it through the stored params
     async with db.cursor() as cur:
         await cur.execute("UPDATE transactions SET t_param = %s WHERE t_id = %s",
-                          ('{"effects": "%s", "sleep": 0}' % effects, fired.transaction_ids[0]))
+                          (json.dumps({"effects": effects, "sleep": 0}), fired.transaction_ids[0]))
     d2 = DaemonProcess(cfg_path, tmp_path / "d2.log").start()
     try:
         chain = await wait_chain(db, fired.chain_id)
