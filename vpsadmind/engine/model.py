@@ -72,8 +72,11 @@ class Direction(enum.IntEnum):
 
 
 def utcnow() -> dt.datetime:
-    """UTC wall time without tzinfo, as v2.0 stores DATETIME columns."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    """UTC wall time without tzinfo, as v2.0 stores DATETIME columns.
+
+    Microseconds are kept for durations in logs and events; MariaDB truncates them in DATETIME columns.
+    """
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 @dataclass(slots=True)
