@@ -31,7 +31,10 @@ class _RailsLoader(yaml.SafeLoader):
 
 def _untag(loader: _RailsLoader, suffix: str, node: yaml.Node) -> Any:
     if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
+        mapping = loader.construct_mapping(node, deep=True)
+        if suffix.endswith("TimeWithZone") and "utc" in mapping:
+            return mapping["utc"]  # v2.0 wrote a time as its UTC value
+        return mapping
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True)
     value = loader.construct_scalar(node)  # type: ignore[arg-type]

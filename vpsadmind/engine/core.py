@@ -206,12 +206,14 @@ class Engine:
 
     async def _select(self) -> tuple[list[Transaction], list[Transaction]]:
         now = time.monotonic()
-        open_queues = [q.name for q in self.queues.queues.values()
-                       if q.name != ROLLBACK_QUEUE and q.started(now) and q.has_slot(True)]
+        workers = [q for q in self.queues.queues.values() if q.name != ROLLBACK_QUEUE and q.started(now)]
+        open_queues = [q.name for q in workers if q.has_slot(False)]
+        urgent_only = [q.name for q in workers if not q.has_slot(False) and q.has_slot(True)]
         known = [name for name in self.queues.queues if name != ROLLBACK_QUEUE]
         return await select_candidates(
-            self.db, self.server_id, self.queues.capacity, open_queues=open_queues, known_queues=known,
-            include_unknown="general" in open_queues, rollback=self.queues.get(ROLLBACK_QUEUE).has_slot(True))
+            self.db, self.server_id, self.queues.capacity, open_queues=open_queues, urgent_only=urgent_only,
+            known_queues=known, include_unknown="general" in open_queues,
+            rollback=self.queues.get(ROLLBACK_QUEUE).has_slot(True))
 
     def _queue_for(self, t: Transaction) -> Queue:
         return self.queues.get(ROLLBACK_QUEUE if t.direction is Direction.ROLLBACK else t.queue)

@@ -37,13 +37,18 @@ _ROLLBACK = (
 )
 
 
-def _queue_filter(open_queues: list[str], known: list[str], include_unknown: bool) -> tuple[str, list[str]]:
-    """SQL condition on ``t.queue`` for the queues with a free slot; unknown names run in ``general``."""
+def _queue_filter(open_queues: list[str], urgent_only: list[str], known: list[str],
+                  include_unknown: bool) -> tuple[str, list[str]]:
+    """SQL condition on ``t.queue``: queues with a free slot; from queues with only urgent slots left, only
+    urgent rows (others could not start and would crowd the LIMIT); unknown names run in ``general``."""
     parts: list[str] = []
     args: list[str] = []
     if open_queues:
         parts.append("t.queue IN (" + ", ".join(["%s"] * len(open_queues)) + ")")
         args.extend(open_queues)
+    if urgent_only:
+        parts.append("(t.t_urgent = 1 AND t.queue IN (" + ", ".join(["%s"] * len(urgent_only)) + "))")
+        args.extend(urgent_only)
     if include_unknown:
         parts.append("t.queue NOT IN (" + ", ".join(["%s"] * len(known)) + ")")
         args.extend(known)
@@ -51,12 +56,12 @@ def _queue_filter(open_queues: list[str], known: list[str], include_unknown: boo
 
 
 async def select_candidates(db: Database, server_id: int, limit: int, *, open_queues: list[str],
-                            known_queues: list[str], include_unknown: bool,
-                            rollback: bool) -> tuple[list[Transaction], list[Transaction]]:
+                            known_queues: list[str], include_unknown: bool, rollback: bool,
+                            urgent_only: list[str] | None = None) -> tuple[list[Transaction], list[Transaction]]:
     """Execute candidates (priority desc, t_id asc) of the queues that have a free slot, and rollback
     candidates (priority desc, t_id desc) when the rollback queue has one. Polling only open queues keeps a
     busy node from reading, again and again, rows it cannot start."""
-    cond, qargs = _queue_filter(open_queues, known_queues, include_unknown)
+    cond, qargs = _queue_filter(open_queues, urgent_only or [], known_queues, include_unknown)
     sql = _EXECUTE.format(queues=cond)
     args: list[object] = [server_id, *qargs, limit]
     if rollback:
