@@ -34,10 +34,37 @@ class Daemon:
         self.bus: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.exit_code = 0        # vpsadmindctl stop/restart: 100 / 150 (v2.0 EXIT_STOP / EXIT_RESTART)
+        self.force_stop = False   # stop/restart -f: cancel running transactions instead of waiting
+        self._drain: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
+        """SIGTERM, or ``vpsadmindctl stop|restart``: a ctl stop without -f first drains (no new work, wait for
+        running work, no time bound, cancellable by ``resume`` as in v2.0); a signal stops within the bound."""
+        if self.exit_code and not self.force_stop and self.engine is not None and not self._stop.is_set():
+            if self._drain is None or self._drain.done():
+                log.info("stop_pending", exit_code=self.exit_code)
+                self.engine.paused = True
+                self._drain = asyncio.get_running_loop().create_task(self._wait_drained(self.engine))
+            return
         log.info("stop_requested")
         self._stop.set()
+
+    async def _wait_drained(self, engine: Engine) -> None:
+        while engine.running or engine.blockers:
+            await asyncio.sleep(0.1)
+        self._stop.set()
+
+    def cancel_stop(self) -> bool:
+        """``resume`` during a pending ctl stop: work goes on. False once the stop has begun."""
+        if self._drain is None or self._drain.done() or self._stop.is_set():
+            return False
+        self._drain.cancel()
+        self._drain = None
+        if self.engine is not None:
+            self.engine.paused = False
+        log.info("stop_cancelled")
+        return True
 
     def reload(self) -> None:
         """SIGHUP: re-read the file; a bad file is reported and the running configuration kept."""
@@ -68,6 +95,10 @@ class Daemon:
         import_handler_modules(cfg.handler_modules)
         engine = Engine(cfg)
         self.engine = engine
+        from vpsadmind.control.server import ControlServer
+
+        # before engine.start(): status answers while the daemon still waits for the database
+        self._tasks.append(asyncio.create_task(ControlServer(self).serve(), name="control"))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -76,6 +107,9 @@ class Daemon:
             await engine.start()
         except NodeLocked as exc:
             log.error("node_locked", error=str(exc))
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await engine.db.close()
             return EXIT_LOCKED
         self._start_bus(engine)
@@ -114,8 +148,10 @@ class Daemon:
             exc = engine_task.exception()
             log.error("engine_failed", error=str(exc))
             code = EXIT_LOCKED if isinstance(exc, NodeLocked) else EXIT_ERR
+        if code == EXIT_OK and self.exit_code:
+            code = self.exit_code
         notify("STOPPING=1")
-        await engine.stop(timeout=self.config.shutdown_timeout)
+        await engine.stop(timeout=0 if self.force_stop else self.config.shutdown_timeout)
         for task in (engine_task, stop_task):
             task.cancel()
         if self.bus is not None:

@@ -70,6 +70,7 @@ class Engine:
         self.running: dict[int, Running] = {}
         self.blockers: dict[int, set[asyncio.Task[Any]]] = {}
         self.paused = False
+        self.pause_after: int | None = None  # vpsadmindctl pause <t_id>: pause once it has finished
         self.stats: dict[str, int] = {"polls": 0, "started": 0, "saved": 0, "journaled": 0, "recovered": 0,
                                       "claim_lost": 0}
         self.start_time = time.time()
@@ -247,6 +248,8 @@ class Engine:
         finally:
             queue.running.discard(t.chain_id)
             self.running.pop(t.chain_id, None)
+            if self.pause_after is not None and t.t_id == self.pause_after:
+                self.paused, self.pause_after = True, None
         nxt = outcome.next_transaction if outcome is not None else None
         if nxt is None or nxt.t_server != self.server_id or not await self._start_follower(nxt):
             self._wake.set()
