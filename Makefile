@@ -42,7 +42,7 @@ services:
 	bash scripts/services.sh $(SERVICES)
 
 lint: venv
-	$(BIN)/ruff check vpsadmind tests
+	$(BIN)/ruff check vpsadmind tests bench
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no test: say so instead of a bare "Error 5".
@@ -52,7 +52,7 @@ define run_pytest
 endef
 
 test: services venv
-	$(BIN)/ruff check vpsadmind tests
+	$(BIN)/ruff check vpsadmind tests bench
 	$(BIN)/mypy
 	$(run_pytest)
 

@@ -238,6 +238,12 @@ start_mosquitto() {
     local t0 conf=/etc/mosquitto/mosquitto.conf log=/var/log/mosquitto/mosquitto.log out
     t0=$(now_us)
     have_packages mosquitto || return 0
+    # Wake-ups are a few bytes: without TCP_NODELAY the broker holds each one for the peer's delayed
+    # ACK (~40 ms a hop, docs/benchmarks.md). Takes effect when this script (re)starts the broker.
+    if is_root && [ -d /etc/mosquitto/conf.d ] && [ ! -e /etc/mosquitto/conf.d/vpsadmind.conf ]; then
+        printf '# vpsadmind: deliver wake-ups without Nagle delay\nset_tcp_nodelay true\n' \
+            > /etc/mosquitto/conf.d/vpsadmind.conf
+    fi
     if mqtt_ping; then STATE[mosquitto]="running"; return 0; fi
     if pgrep -x mosquitto >/dev/null; then
         if wait_for 5 mqtt_ping; then STATE[mosquitto]="running (was starting, $(elapsed "$t0"))"; return 0; fi

@@ -587,9 +587,8 @@ async def test_ctl_stop_drains_and_resume_cancels_it(db: Any, db_settings: Any, 
     from vpsadmind.testing.process import DaemonProcess, write_config
 
     sock = tmp_path / "ctl.sock"
-    cfg = write_config(tmp_path / "d.yml", db_settings, test_database, server_id=1, journal=tmp_path / "j")
-    text = cfg.read_text() + f"remote:\n  socket: {sock}\n"
-    cfg.write_text(text)
+    cfg = write_config(tmp_path / "d.yml", db_settings, test_database, server_id=1, journal=tmp_path / "j",
+                       control_socket=sock)
     d = DaemonProcess(cfg, tmp_path / "d.log").start()
     try:
         fired = await ChainBuilder().append(90001, server=1, params={"sleep": 1.0}).fire(db)

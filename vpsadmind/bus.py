@@ -33,6 +33,7 @@ import json
 import os
 import random
 import secrets
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -317,7 +318,9 @@ class Bus:
                             qos=1, retain=True)
         return aiomqtt.Client(cfg.host, cfg.port, username=cfg.username, password=cfg.password,
                               identifier=self.client_id, keepalive=cfg.keepalive, will=will,
-                              clean_session=True, timeout=OPERATION_TIMEOUT)
+                              clean_session=True, timeout=OPERATION_TIMEOUT,
+                              # a wake-up is a few bytes: Nagle would hold it for the peer's delayed ACK
+                              socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
 
     async def _connect_and_serve(self) -> None:
         async with self._make_client() as client:

@@ -69,6 +69,9 @@ class Engine:
         self.ctx = HandlerContext(config=config, db=self.db, block_chain=self.block_chain)
         self.running: dict[int, Running] = {}
         self.blockers: dict[int, set[asyncio.Task[Any]]] = {}
+        # Strong references: a worker that left ``running`` may still be claiming its chain's next step,
+        # and asyncio keeps only weak references to tasks.
+        self._workers: set[asyncio.Task[None]] = set()
         self.paused = False
         self.pause_after: int | None = None  # vpsadmindctl pause <t_id>: pause once it has finished
         self.stats: dict[str, int] = {"polls": 0, "started": 0, "saved": 0, "journaled": 0, "recovered": 0,
@@ -91,6 +94,7 @@ class Engine:
         await self.wait_db_version()
         await self.replay_journal()
         await self.recover()
+        self._wake.set()  # the first poll right away: queued work must not wait a check_interval
 
     async def _connect(self) -> None:
         attempt = 0
@@ -167,7 +171,7 @@ class Engine:
         """
         self._stopping = True
         self._wake.set()
-        tasks: list[asyncio.Task[Any]] = [r.task for r in self.running.values()]
+        tasks: list[asyncio.Task[Any]] = list(self._workers)
         tasks += [t for ts in self.blockers.values() for t in ts]
         if tasks:
             log.info("stopping_wait", running=len(tasks), timeout=timeout)
@@ -230,6 +234,8 @@ class Engine:
     def _spawn(self, t: Transaction, queue: Queue, *, interrupted: bool = False) -> None:
         queue.running.add(t.chain_id)
         task = asyncio.create_task(self._work(t, queue, interrupted), name=f"transaction-{t.t_id}")
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
         self.running[t.chain_id] = Running(t, queue, task)
         self.stats["started"] += 1
 
@@ -331,11 +337,7 @@ class Engine:
         log.info("transaction_saved", status=result.status.name.lower(), t_done=int(result.t_done),
                  chain_state=ChainState(out.chain_state).name.lower() if out.saved else None,
                  ms=int((result.finished_at - result.started_at).total_seconds() * 1000))
-        if not out.saved:
-            return
-        if out.next_server is not None and out.next_server == self.server_id:
-            self._wake.set()
-        if self.events is None:
+        if not out.saved or self.events is None:
             return
         if out.next_server is not None and out.next_server != self.server_id:
             self.events.wake_node(out.next_server, {"chain": t.chain_id, "t_id": out.next_t_id})
@@ -381,7 +383,7 @@ class Engine:
     async def wait_idle(self, timeout: float = 30.0) -> None:
         """For tests and the demo: wait until nothing runs and no chain is blocked."""
         deadline = time.monotonic() + timeout
-        while self.running or self.blockers:
+        while self._workers or self.blockers:
             if time.monotonic() > deadline:
                 raise AgentError(f"engine not idle after {timeout} s: running chains {sorted(self.running)}")
             await asyncio.sleep(0.01)

@@ -22,7 +22,10 @@ __all__ = ["DaemonProcess", "write_config"]
 def write_config(path: Path, settings: TestDbSettings, database: str, *, server_id: int, journal: Path,
                  check_interval: float = 0.1, mqtt: dict[str, Any] | None = None,
                  extra_vpsadmin: dict[str, Any] | None = None, db_extra: dict[str, Any] | None = None,
-                 hosts: list[str] | None = None) -> Path:
+                 hosts: list[str] | None = None, log_level: str = "info",
+                 control_socket: Path | None = None) -> Path:
+    """A daemon config for tests; the control socket defaults to a file beside the config so that several
+    test daemons on one machine do not collide on /var/run/vpsadmind.sock."""
     cfg: dict[str, Any] = {
         "db": {"hosts": hosts or [f"{settings.host}:{settings.port}"], "user": settings.user,
                "pass": settings.password, "name": database, "retry_interval": 1, "connect_timeout": 2,
@@ -32,7 +35,8 @@ def write_config(path: Path, settings: TestDbSettings, database: str, *, server_
                      **(extra_vpsadmin or {})},
         "journal": {"path": str(journal)},
         "mqtt": mqtt or {"enabled": False},
-        "log": {"level": "info", "format": "json"},
+        "log": {"level": log_level, "format": "json"},
+        "remote": {"socket": str(control_socket or path.with_suffix(".sock"))},
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
