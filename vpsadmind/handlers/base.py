@@ -145,7 +145,8 @@ def handler(code: int) -> Callable[[H], H]:
     return register
 
 
-DEFAULT_HANDLER_MODULES = ("vpsadmind.handlers.utils",)
+DEFAULT_HANDLER_MODULES = ("vpsadmind.handlers.utils", "vpsadmind.handlers.pool", "vpsadmind.handlers.dataset",
+                           "vpsadmind.handlers.branch")
 
 
 def import_handler_modules(extra: list[str] | tuple[str, ...] = ()) -> None:
