@@ -391,7 +391,8 @@ class Engine:
 
 def _save_failure(result: Result, exc: BaseException) -> Result:
     """After repeated non-connectivity save errors, save a plain failure so the chain cannot get stuck."""
-    output = {"error": f"result save failed: {type(exc).__name__}: {exc}", "original": result.output}
+    output = {"error": f"result save failed: {type(exc).__name__}: {str(exc)[:1000]}",
+              "original_error": str(result.output.get("error", ""))[:1000]}
     return Result(t_id=result.t_id, chain_id=result.chain_id, direction=result.direction, status=TSuccess.FAILED,
                   output=output, self_rolled_back=result.self_rolled_back, started_at=result.started_at,
                   finished_at=result.finished_at)

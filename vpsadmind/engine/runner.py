@@ -84,15 +84,17 @@ async def run_transaction(t: Transaction, ctx: HandlerContext, *,
         pre = _rollback_precheck(t, started)
         if pre is not None:
             return pre, None
+    if t.t_type not in HANDLERS:
+        return _unrunnable(t, direction, started, {"error": "Unsupported command"}), None
     try:
         h = make_handler(t, ctx)
-    except KeyError:
-        return _unrunnable(t, direction, started, {"error": "Unsupported command"}), None
     except ParamError as exc:
         out: dict[str, Any] = {"error": str(exc) if str(exc).startswith("Bad param") else f"Bad param: {exc}"}
         if exc.field:
             out["field"] = exc.field
         return _unrunnable(t, direction, started, out), None
+    except Exception as exc:  # a handler's own params checks must not stall the chain either
+        return _unrunnable(t, direction, started, {"error": f"Bad param: {_error_output(exc)['error']}"}), None
     if direction is Direction.ROLLBACK:
         return await _run_rollback(t, h, started, interrupted), h
     return await _run_exec(t, h, started, interrupted), h

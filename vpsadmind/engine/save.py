@@ -120,11 +120,25 @@ async def _run_post_save(tx: Tx, handler: Handler[Any] | None, result: Result) -
         result.output["post_save_error"] = f"{type(exc).__name__}: {exc}"
 
 
+# t_output is a TEXT column (65,535 bytes); strict SQL mode refuses more, which would stall the save.
+T_OUTPUT_MAX = 60_000
+
+
+def output_json(output: dict[str, Any]) -> str:
+    """``output`` as JSON that fits ``t_output``; an oversized one keeps its error, shortened."""
+    text = json.dumps(output, default=str)
+    if len(text.encode()) <= T_OUTPUT_MAX:
+        return text
+    error = str(output.get("error", ""))[:2000]
+    return json.dumps({"error": error, "truncated": f"t_output was {len(text.encode())} bytes",
+                       "keys": sorted(str(k)[:100] for k in output)[:50]})
+
+
 async def _write_row(tx: Tx, result: Result) -> None:
     await tx.execute(
         "UPDATE transactions SET t_done = %s, t_success = %s, t_output = %s, started_at = %s, finished_at = %s "
         "WHERE t_id = %s",
-        (int(result.t_done), int(result.status), json.dumps(result.output, default=str), result.started_at,
+        (int(result.t_done), int(result.status), output_json(result.output), result.started_at,
          result.finished_at, result.t_id),
     )
     if result.direction is Direction.ROLLBACK:
@@ -156,7 +170,7 @@ async def save_result(tx: Tx, t: Transaction, result: Result, handler: Handler[A
         out = SaveOutcome(saved=True)
     if len(result.output.get("confirmation_errors", ())) != errors_before:
         await tx.execute("UPDATE transactions SET t_output = %s WHERE t_id = %s",
-                         (json.dumps(result.output, default=str), result.t_id))
+                         (output_json(result.output), result.t_id))
     out.chain_state, out.chain_progress, out.chain_size = (int(chain["state"]), int(chain["progress"]),
                                                            int(chain["size"]))
     return out

@@ -30,20 +30,29 @@ def parse_json_object(raw: str | bytes | None) -> dict[str, Any]:
     """``t_param`` as a dict; NULL and empty text mean ``{}`` as in v2.0."""
     if raw is None or (isinstance(raw, str | bytes) and not raw.strip()):
         return {}
-    if len(raw) > _MAX_PARAM_BYTES:
-        raise ParamError(f"t_param is {len(raw)} bytes, more than the {_MAX_PARAM_BYTES} allowed")
+    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
+    if size > _MAX_PARAM_BYTES:
+        raise ParamError(f"t_param is {size} bytes, more than the {_MAX_PARAM_BYTES} allowed")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
-        raise ParamError(f"Bad param syntax: {exc}") from None
+        raise ParamError(f"Bad param syntax: {str(exc)[:200]}") from None
     if not isinstance(value, dict):
         raise ParamError(f"Bad param syntax: expected a JSON object, got {_kind(value)}")
     return value
 
 
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (v2.0's parser refused them); a NaN sleep would never end
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_params(cls: type[P], data: dict[str, Any]) -> P:
     """Build ``cls`` (a dataclass) from ``data``; unknown keys are ignored as v2.0 ignored them."""
-    return typing.cast(P, _dataclass(cls, data, ""))
+    try:
+        return typing.cast(P, _dataclass(cls, data, ""))
+    except RecursionError:
+        raise ParamError("t_param is nested too deeply") from None
 
 
 def _dataclass(cls: type[Any], data: Any, path: str) -> Any:
@@ -76,7 +85,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if origin in (Union, types.UnionType):
         return _union(tp, value, path)
     if origin is typing.Literal:
-        if value in get_args(tp):
+        if any(value == a and type(value) is type(a) for a in get_args(tp)):
             return value
         raise ParamError(f"expected one of {list(get_args(tp))!r}, got {value!r:.80}", field=path)
     if origin is list:
@@ -95,20 +104,20 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 
 
 def _union(tp: Any, value: Any, path: str) -> Any:
-    args = get_args(tp)
+    args = [a for a in get_args(tp) if a is not type(None)]
     if value is None:
-        if type(None) in args:
+        if len(args) < len(get_args(tp)):
             return None
         raise ParamError("must not be null", field=path)
+    if len(args) == 1:  # Optional[X]: X's own error names the field
+        return _convert(args[0], value, path)
     errors: list[str] = []
     for arg in args:
-        if arg is type(None):
-            continue
         try:
             return _convert(arg, value, path)
         except ParamError as exc:
-            errors.append(str(exc))
-    raise ParamError("; ".join(errors) or f"unexpected {_kind(value)}", field=None)
+            errors.append(str(exc).removeprefix(f"{path}: "))
+    raise ParamError("; ".join(errors) or f"unexpected {_kind(value)}", field=path)
 
 
 def _scalar(tp: Any, value: Any, path: str) -> Any:
@@ -122,7 +131,10 @@ def _scalar(tp: Any, value: Any, path: str) -> Any:
         raise ParamError(f"expected an integer, got {_kind(value)}", field=path)
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ParamError(f"number too large: {str(value)[:40]}...", field=path) from None
         raise ParamError(f"expected a number, got {_kind(value)}", field=path)
     if tp is str:
         if isinstance(value, str):
