@@ -146,7 +146,7 @@ def handler(code: int) -> Callable[[H], H]:
 
 
 DEFAULT_HANDLER_MODULES = ("vpsadmind.handlers.utils", "vpsadmind.handlers.pool", "vpsadmind.handlers.dataset",
-                           "vpsadmind.handlers.branch")
+                           "vpsadmind.handlers.branch", "vpsadmind.handlers.firewall", "vpsadmind.handlers.shaper")
 
 
 def import_handler_modules(extra: list[str] | tuple[str, ...] = ()) -> None:
