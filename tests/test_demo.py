@@ -1,25 +1,57 @@
 """``make demo`` end to end: ``python -m vpsadmind.demo`` as a subprocess, with two real daemons.
 
 Each run uses its own database and MQTT topic prefix, so it neither clobbers ``vpsadmind_demo`` nor mixes
-its wake-ups and events with another demo on the same broker.
+its wake-ups and events with another demo on the same broker. The storage scenario runs on the fake-zfs harness
+always and on zfs-fuse when it is available (skipped otherwise, failing when ``CI=true``); the demo makes its
+own uniquely named pools and destroys them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from vpsadmind.demo import _zpool, destroy_pools
 from vpsadmind.testing.db import TestDbSettings, drop_database_sync, random_database_name, require_mariadb
+from vpsadmind.testing.zfspool import TempPool
+from vpsadmind.zfs.driver import Zfs
 
 pytestmark = pytest.mark.slow
 
-EXPECTED_STATES = {"hop": "done", "noops": "done", "rollback": "failed", "keep_going": "done"}
+EXPECTED_STATES = {"hop": "done", "noops": "done", "rollback": "failed", "keep_going": "done",
+                   "storage_hv": "done", "storage_backup": "done", "storage_fail": "failed"}
+BACKENDS = {"fuse": "zfs-fuse", "fake": "fake-zfs"}
+SNAP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+
+
+def zfs_fuse_problem() -> str | None:
+    if shutil.which("zpool") is None or shutil.which("zfs") is None:
+        return "zfs/zpool are not installed"
+    try:
+        done = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True, timeout=20,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"zpool list failed: {exc}"
+    return None if done.returncode == 0 else f"zpool list exited with {done.returncode}: {done.stderr.strip()}"
+
+
+def require_zfs_fuse() -> None:
+    problem = zfs_fuse_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"zfs-fuse is required in CI: {problem}")
+    pytest.skip(f"zfs-fuse is not available: {problem}")
 
 
 @pytest.fixture
@@ -32,20 +64,69 @@ def demo_database(db_settings: TestDbSettings) -> Iterator[str]:
         drop_database_sync(name, db_settings)
 
 
-def run_demo(workdir: Path, database: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_demo(workdir: Path, database: str, *extra: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "vpsadmind.demo", "--workdir", str(workdir), "--database", database,
            "--topic-prefix", f"vpsadmin-test-{secrets.token_hex(4)}", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False, env=env)
 
 
-@pytest.mark.parametrize("mode", ["mqtt", "no-mqtt"])
-def test_demo_ends_every_chain_as_expected(tmp_path: Path, demo_database: str, mode: str) -> None:
-    proc = run_demo(tmp_path, demo_database, *(["--no-mqtt"] if mode == "no-mqtt" else []))
+def check_storage(out: str, backend: str) -> None:
+    """The storage part of the report: both pools as zfs lists them, the snapshot post_save named, the
+    properties Dataset::Create and Dataset::Set left, the rolled back dataset gone, the pools destroyed."""
+    assert re.search(rf"^Storage: {backend} \(", out, re.MULTILINE), out
+    assert f"Storage on {backend} (" in out
+    assert f"every chain ended as expected (storage on {backend})." in out
+    hv = re.search(r"^  \$ zfs list -t all -o name -r (vd[0-9a-f]{8})\n((?:    \S+\n)+)", out, re.MULTILINE)
+    assert hv, out
+    pool1, names1 = hv.group(1), hv.group(2).split()
+    snap = re.search(rf"named by Dataset::Snapshot's post_save '({SNAP})'", out)
+    assert snap, out
+    fs = f"{pool1}/vz"
+    assert names1 == [pool1, fs, f"{fs}/101", f"{fs}/101@{snap.group(1)}", f"{fs}/vpsadmin",
+                      f"{fs}/vpsadmin/download", f"{fs}/vpsadmin/mount"], out
+    backup = re.findall(r"^  \$ zfs list -t all -o name -r (vd[0-9a-f]{8})\n((?:    \S+\n)+)", out, re.MULTILINE)
+    assert len(backup) == 2, out
+    pool2, names2 = backup[1][0], backup[1][1].split()
+    bfs = f"{pool2}/backup"
+    branch = [n for n in names2 if "/tree.0/" in n]
+    assert len(branch) == 1 and re.fullmatch(rf"{bfs}/101/tree\.0/branch-{SNAP}\.0", branch[0]), names2
+    assert sorted(names2) == sorted([pool2, bfs, f"{bfs}/101", f"{bfs}/101/tree.0", branch[0], f"{bfs}/vpsadmin",
+                                     f"{bfs}/vpsadmin/download", f"{bfs}/vpsadmin/mount"]), names2
+    assert re.search(rf"fired as '{SNAP} \(unconfirmed\)'", out)
+    assert f"{fs}/101: quota=67108864 = 64 MiB (local), compression=on (local), atime=off (inherited from {fs}); " \
+           "private/ exists" in out
+    assert "compression (edit_after of Dataset::Set): value '--- true\\n...\\n', inherited 0" in out
+    assert f"storage_fail: {fs}/102 is gone (rolled back)" in out
+    for row, scenario, state in [("datasets", "storage_hv", "confirmed=1"), ("dataset_in_pools", "storage_hv",
+                                 "confirmed=1"), ("snapshots", "storage_hv", "confirmed=1"),
+                                 ("snapshot_in_pools", "storage_hv", "confirmed=1"),
+                                 ("dataset_trees", "storage_backup", "confirmed=1"),
+                                 ("branches", "storage_backup", "confirmed=1"),
+                                 ("datasets", "storage_fail", "deleted"), ("snapshots", "storage_fail", "deleted")]:
+        assert re.search(rf"^\s+{row}#\d+\s+{scenario}\s+{state}\s+{state}$", out, re.MULTILINE), (row, out)
+    assert re.search(r"dataset_properties#\d+-\d+\s+storage_hv\s+confirmed=1\s+confirmed=1", out)
+    assert re.search(r"dataset_properties#\d+-\d+\s+storage_fail\s+deleted\s+deleted", out)
+    assert re.search(r"storage_fail\s+exec (\d+)@node1, rollback \1@node1", out), out
+    assert f"Pools destroyed: {pool1}, {pool2}" in out
+    if backend == "zfs-fuse":
+        live = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True, timeout=30,
+                              check=False).stdout.split()
+        assert pool1 not in live and pool2 not in live
+
+
+@pytest.mark.parametrize(("mode", "zfs"), [("mqtt", "fake"), ("no-mqtt", "fake"), ("mqtt", "fuse")])
+def test_demo_ends_every_chain_as_expected(tmp_path: Path, demo_database: str, mode: str, zfs: str) -> None:
+    if zfs == "fuse":
+        require_zfs_fuse()
+    proc = run_demo(tmp_path, demo_database, "--zfs", zfs, *(["--no-mqtt"] if mode == "no-mqtt" else []))
     out = proc.stdout
     assert proc.returncode == 0, f"demo failed:\n{out}\n{proc.stderr}"
     for name, state in EXPECTED_STATES.items():
         assert re.search(rf"^\s+\d+\s+{name}\s+{state}\s", out, re.MULTILINE), f"{name} not {state}:\n{out}"
-    assert "Demo OK: hop done, noops done, rollback failed, keep_going done" in out
+    assert ("Demo OK: hop done, noops done, rollback failed, keep_going done, storage_hv done, "
+            "storage_backup done, storage_fail failed - every chain ended as expected") in out
+    check_storage(out, BACKENDS[zfs])
     assert "node1 exit code 0, node2 exit code 0" in out
     assert "Resource locks left: 0   port reservations left: 0" in out
     assert re.search(r"datasets#\d+\s+hop\s+confirmed=1\s", out)
@@ -58,7 +139,46 @@ def test_demo_ends_every_chain_as_expected(tmp_path: Path, demo_database: str, m
     assert (tmp_path / "node1.log").exists() and (tmp_path / "node2.log").exists()
 
 
+def test_demo_falls_back_to_fake_zfs_without_zfs_fuse(tmp_path: Path, demo_database: str) -> None:
+    """``--zfs auto`` (the default) when ``zpool`` cannot run: fake-zfs, and the output says why;
+    ``--zfs fuse`` then refuses to start."""
+    empty = tmp_path / "emptybin"
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty)}
+    proc = run_demo(tmp_path / "work", demo_database, "--zfs", "fuse", env=env)
+    assert proc.returncode == 1
+    assert "DEMO FAILED: --zfs fuse: zfs-fuse cannot be used here (zpool is not installed)" in proc.stdout
+    proc = run_demo(tmp_path / "work", demo_database, env=env)
+    assert proc.returncode == 0, f"demo failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "Storage: fake-zfs (zfs-fuse cannot run here (zpool is not installed), --zfs auto)" in proc.stdout
+    check_storage(proc.stdout, "fake-zfs")
+
+
 def test_demo_refuses_a_bad_database_name(tmp_path: Path) -> None:
     proc = run_demo(tmp_path, "production")
     assert proc.returncode == 2
     assert "must match vpsadmind" in proc.stderr
+
+
+def test_zpool_cleanup_is_bounded_when_zfs_fuse_hangs(tmp_path: Path) -> None:
+    """The pools' cleanup neither waits for a grandchild that keeps the output open (zfs-fuse's ``zpool destroy``
+    starts ``umount``, which hangs with a wedged daemon) nor for a zpool that never ends."""
+    forks = tmp_path / "forks"
+    forks.write_text("#!/bin/sh\nsleep 30 &\necho \"cannot open 'x': no such pool\"\nexit 1\n")
+    hangs = tmp_path / "hangs"
+    hangs.write_text("#!/bin/sh\nexec sleep 30\n")
+    for script in (forks, hangs):
+        script.chmod(0o755)
+    started = time.monotonic()
+    assert asyncio.run(_zpool(str(forks), "destroy", "x", timeout=10)) == (1, "cannot open 'x': no such pool")
+    rc, why = asyncio.run(_zpool(str(hangs), "destroy", "x", timeout=0.5))
+    assert rc is None and "did not end within 0.5 s" in why
+    # a pool that cannot be destroyed is reported with the command to do it later, and keeps its vdev
+    pool = TempPool(name="vd00000000", zfs=Zfs(zfs=str(hangs), zpool=str(hangs)))
+    pool.created, pool.directory = True, str(tmp_path / "pooldir")
+    (tmp_path / "pooldir").mkdir()
+    problems = asyncio.run(destroy_pools([pool], budget=1.0))
+    assert problems == [f"pool vd00000000 not destroyed (zpool destroy vd00000000 did not end within 2 s): destroy it "
+                        f"later with {hangs} destroy vd00000000"]
+    assert pool.created and (tmp_path / "pooldir").is_dir()
+    assert time.monotonic() - started < 10

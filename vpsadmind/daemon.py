@@ -37,6 +37,7 @@ class Daemon:
         self.exit_code = 0        # vpsadmindctl stop/restart: 100 / 150 (v2.0 EXIT_STOP / EXIT_RESTART)
         self.force_stop = False   # stop/restart -f: cancel running transactions instead of waiting
         self._drain: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         """SIGTERM, or ``vpsadmindctl stop|restart``: a ctl stop without -f first drains (no new work, wait for
@@ -113,6 +114,7 @@ class Daemon:
             await engine.db.close()
             return EXIT_LOCKED
         self._start_bus(engine)
+        self._start_storage_reporter(engine)
         log.info("started", version=__version__, server_id=cfg.server_id, pid_queue_slots=engine.queues.capacity)
         notify(f"READY=1\nSTATUS=serving server_id {cfg.server_id}")
         self._start_watchdog()
@@ -126,6 +128,30 @@ class Daemon:
         self.bus = Bus(self.config.mqtt, server_id=self.config.server_id, on_wake=engine.wake)
         engine.events = self.bus
         self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
+
+    def _start_storage_reporter(self, engine: Engine) -> None:
+        """``storage.update_status``: the usage of this node's pools every ``resources_interval`` (contract 10.7)."""
+        if self.config.storage.update_status:
+            self._reporter = asyncio.create_task(self._report_storage(engine), name="storage-reporter")
+            self._tasks.append(self._reporter)
+
+    async def _report_storage(self, engine: Engine) -> None:
+        from vpsadmind.handlers.storage_common import zfs_driver
+        from vpsadmind.reporters.storage import StorageReporter
+
+        server_id, interval = self.config.server_id, self.config.resources_interval
+        # Until this node has a pool, only the database is asked: a node without pools may have no zfs at all.
+        # Then the handlers' probed driver; StorageReporter reads the pools again at every run.
+        while True:
+            try:
+                if await engine.db.fetchone("SELECT id FROM pools WHERE node_id = %s LIMIT 1", (server_id,)):
+                    zfs = await zfs_driver(engine.ctx)
+                    break
+            except Exception as exc:  # DB outage, zfs not answering the probe: try again next interval
+                log.error("storage_reporter_not_started", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(interval)
+        log.info("storage_reporter_started", interval=interval, zfs=zfs.zfs_bin)
+        await StorageReporter(engine.db, zfs, server_id, events=self.bus, interval=interval).run()
 
     def _start_watchdog(self) -> None:
         interval = watchdog_interval()
@@ -151,6 +177,9 @@ class Daemon:
         if code == EXIT_OK and self.exit_code:
             code = self.exit_code
         notify("STOPPING=1")
+        if self._reporter is not None:  # before the engine closes the database under it
+            self._reporter.cancel()
+            await asyncio.gather(self._reporter, return_exceptions=True)
         await engine.stop(timeout=0 if self.force_stop else self.config.shutdown_timeout)
         for task in (engine_task, stop_task):
             task.cancel()

@@ -1,14 +1,17 @@
 """``make demo``: two real vpsadmind daemons, chains fired the way the vpsAdmin API fires them, and a report.
 
-Run as ``python -m vpsadmind.demo [--workdir DIR] [--keep-running] [--no-mqtt]``. It recreates the database
-``vpsadmind_demo`` with nodes ``node1`` (server 1) and ``node2`` (server 2), starts one daemon per node
-(``check_interval`` 1 s, v2.0's default, MQTT on), fires one chain per scenario with
-:class:`~vpsadmind.testing.chains.ChainBuilder` followed by the wake-up ``docs/mqtt.md`` asks of the API, waits
-for every chain to end, prints a report, stops the daemons with SIGTERM and exits 0 when everything ended as
-each scenario expects, else 1. The database is kept for inspection and recreated at the next run.
+Run as ``python -m vpsadmind.demo [--workdir DIR] [--keep-running] [--no-mqtt] [--zfs auto|fuse|fake]``. It
+recreates the database ``vpsadmind_demo`` with nodes ``node1`` (server 1) and ``node2`` (server 2), creates one
+throw-away ZFS pool per node (a uniquely named zfs-fuse pool on a sparse file in the work directory, or the
+fake-zfs harness when zfs-fuse cannot run), starts one daemon per node (``check_interval`` 1 s, v2.0's default,
+MQTT on), fires one chain per scenario with :class:`~vpsadmind.testing.chains.ChainBuilder` followed by the
+wake-up ``docs/mqtt.md`` asks of the API, waits for every chain to end, prints a report, stops the daemons with
+SIGTERM, destroys the pools and exits 0 when everything ended as each scenario expects, else 1. The database is
+kept for inspection and recreated at the next run.
 
-A scenario is a function that fires one chain and returns a :class:`Scenario` with what the chain must end
-as (:class:`Expect`); add new ones to :data:`SCENARIOS`.
+A scenario is a function that fires one or more chains and returns a :class:`Scenario` (or a list of them) with
+what each chain must end as (:class:`Expect`); add new ones to :data:`SCENARIOS`. A scenario may also add a
+report of its own to :attr:`Demo.reports`, which prints what it checks and returns what differs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -34,6 +39,7 @@ from typing import Any, Final
 import aiomqtt
 import aiomysql
 
+from vpsadmind import system
 from vpsadmind.engine.model import ChainState
 from vpsadmind.engine.runner import handler_name
 from vpsadmind.handlers.base import import_handler_modules
@@ -42,9 +48,11 @@ from vpsadmind.testing.db import TestDbSettings, connect, create_database
 from vpsadmind.testing.engine import transactions_of, wait_chain
 from vpsadmind.testing.handlers import PROBE, read_effects
 from vpsadmind.testing.process import DaemonProcess, write_config
+from vpsadmind.testing.zfspool import TempPool, unique_pool_name, zfs_unavailable
+from vpsadmind.zfs.driver import Zfs
 
-__all__ = ["SCENARIOS", "Demo", "Expect", "Scenario", "main", "run", "scenario_hop", "scenario_keep_going",
-           "scenario_noops", "scenario_rollback"]
+__all__ = ["SCENARIOS", "Demo", "Expect", "Scenario", "Storage", "main", "run", "scenario_hop",
+           "scenario_keep_going", "scenario_noops", "scenario_rollback", "scenario_storage"]
 
 DEMO_DATABASE: Final = "vpsadmind_demo"
 DEFAULT_WORKDIR: Final = Path("/tmp/vpsadmind-demo")
@@ -55,10 +63,25 @@ NODES: Final = ((1, "node1", "127.0.0.2"), (2, "node2", "127.0.0.3"))
 _DB_NAME_RE: Final = re.compile(r"^vpsadmind[A-Za-z0-9_]{0,55}$")
 _T_DONE: Final = {0: "0 waiting", 1: "1 done", 2: "2 rolled back"}
 _T_SUCCESS: Final = {0: "0 failed", 1: "1 ok", 2: "2 warning"}
+POOL_CREATE: Final = 5250               # Pool::Create
+DATASET_CREATE: Final = 5201            # Dataset::Create
+DATASET_SNAPSHOT: Final = 5204          # Dataset::Snapshot
+DATASET_SET: Final = 5216               # Dataset::Set
+TREE_CREATE: Final = 5213               # DatasetTree::Create
+BRANCH_CREATE: Final = 5206             # Branch::Create
+#: server_id -> (pools.role, what the role is, the pool's filesystem below the pool): v2.0's roles are
+#: 0 hypervisor, 1 primary, 2 backup.
+POOL_ROLES: Final = {1: (0, "hypervisor", "vz"), 2: (2, "backup", "backup")}
+POOL_SIZE: Final = 256 * 1024 * 1024    # sparse: a few MiB on disk
+MIB: Final = 1024 * 1024
+ZPOOL_PROBE_TIMEOUT: Final = 10.0       # --zfs auto: a zfs-fuse that does not answer by then is not used
+_POOL_DIR_RE: Final = re.compile(r"^vd[0-9a-f]{8}\.[A-Za-z0-9_]+$")  # a TempPool directory of an earlier run
+_SNAPSHOT_RE: Final = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
 
 
 def say(text: str = "") -> None:
-    print(text, flush=True)
+    with contextlib.suppress(BrokenPipeError):  # `| head`: the demo must still stop its daemons and pools
+        print(text, flush=True)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> None:
@@ -178,24 +201,46 @@ class Scenario:
     transactions: list[dict[str, Any]] = field(default_factory=list)
 
 
+Report = Callable[[], Awaitable[list[str]]]
+
+
 @dataclass(slots=True)
 class Demo:
-    """What a scenario needs: the API's DB connection, the MQTT side and the work directory."""
+    """What a scenario needs: the API's DB connection, the MQTT side, the work directory, the pools (None
+    without storage) and the time the whole demo must end by (``time.monotonic()``). ``reports`` collects the
+    scenarios' own reports, run after the chains' report."""
 
     conn: aiomysql.Connection
     mqtt: Mqtt
     workdir: Path
+    storage: Storage | None = None
+    deadline: float = float("inf")
+    reports: list[Report] = field(default_factory=list)
 
     def effects(self, name: str) -> Path:
         return self.workdir / f"effects-{name}.txt"
 
+    async def insert(self, table: str, **columns: Any) -> int:
+        """One row as the API's ``save!`` writes it; returns its id."""
+        names = ", ".join(f"`{c}`" for c in columns)
+        marks = ", ".join(["%s"] * len(columns))
+        async with self.conn.cursor() as cur:
+            await cur.execute(f"INSERT INTO `{table}` ({names}) VALUES ({marks})", tuple(columns.values()))
+            return int(cur.lastrowid)
+
     async def new_dataset(self, name: str) -> int:
         """Insert a ``datasets`` row as the API does before it fires the chain that creates it."""
-        async with self.conn.cursor() as cur:
-            await cur.execute(
-                "INSERT INTO datasets (name, full_name, user_editable, user_create, user_destroy, confirmed, "
-                "object_state) VALUES (%s, %s, 0, 0, 0, 0, 0)", (name.rsplit("/", 1)[-1], name))
-            return int(cur.lastrowid)
+        return await self.insert("datasets", name=name.rsplit("/", 1)[-1], full_name=name, user_editable=0,
+                                 user_create=0, user_destroy=0, confirmed=0, object_state=0)
+
+    async def new_properties(self, pool_id: int, dataset_id: int, dip_id: int,
+                             values: dict[str, tuple[Any, bool]]) -> dict[str, int]:
+        """``dataset_properties`` rows of a new dataset in a pool (unconfirmed), ``name -> (value, inherited)``;
+        the value is stored as Rails ``serialize`` stores it. Returns ``name -> id``."""
+        return {name: await self.insert("dataset_properties", pool_id=pool_id, dataset_id=dataset_id,
+                                        dataset_in_pool_id=dip_id, name=name, value=ruby_yaml(value),
+                                        inherited=int(inherited), confirmed=0)
+                for name, (value, inherited) in values.items()}
 
     async def fire(self, name: str, what: str, builder: ChainBuilder, *, first_server: int,
                    expect: Callable[[list[int]], Expect], effects: Path | None = None) -> Scenario:
@@ -204,7 +249,7 @@ class Demo:
         fired = await builder.fire(self.conn)
         await self.mqtt.wake(first_server, fired.chain_id, fired.transaction_ids[0])
         ports = ", ".join(f"port {addr}:{port} (node {node})" for node, addr, port in fired.ports)
-        say(f"  fired chain {fired.chain_id:>3} {name:<11} {len(fired.transaction_ids):>2} transactions"
+        say(f"  fired chain {fired.chain_id:>3} {name:<14} {len(fired.transaction_ids):>2} transactions"
             f"{', ' + ports if ports else ''}")
         return Scenario(name, what, fired, expect(fired.transaction_ids), effects, fired_at)
 
@@ -215,6 +260,21 @@ def _probe(effects: Path, **params: Any) -> dict[str, Any]:
 
 def _create(dataset: int) -> Confirmation:
     return Confirmation.create("Dataset", "datasets", {"id": dataset})
+
+
+def _created(class_name: str, table: str, *ids: int) -> list[Confirmation]:
+    return [Confirmation.create(class_name, table, {"id": i}) for i in ids]
+
+
+def ruby_yaml(value: Any) -> str:
+    """A scalar as Ruby's ``YAML.dump`` writes it into a serialized column: ``"--- true\\n...\\n"``."""
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return f"--- {text}\n...\n"
+
+
+def utc_now() -> str:
+    """The API's timestamp in names (snapshots, branches): UTC ``YYYY-MM-DDTHH:MM:SS``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
 
 async def scenario_hop(demo: Demo) -> Scenario:
@@ -271,8 +331,353 @@ async def scenario_keep_going(demo: Demo) -> Scenario:
         expect=lambda t: Expect(ChainState.DONE, [(1, 1), (1, 0), (1, 1)], [f"exec {t[1]}"]))
 
 
-SCENARIOS: Final[list[Callable[[Demo], Awaitable[Scenario]]]] = [
-    scenario_hop, scenario_noops, scenario_rollback, scenario_keep_going,
+# ----------------------------------------------------------------------------------------------------------
+# Storage: one pool per node, dataset chains on them
+
+
+@dataclass(slots=True)
+class Storage:
+    """The ZFS side of the demo: the backend (``zfs-fuse`` or ``fake-zfs``) and why it was chosen, its driver,
+    the ``bin`` section and environment the daemons need for it (fake-zfs only) and one pool per node."""
+
+    backend: str
+    why: str
+    zfs: Zfs
+    bin: dict[str, str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    pools: dict[int, TempPool] = field(default_factory=dict)  # server_id -> pool
+
+    def fs(self, server_id: int) -> str:
+        """``pools.filesystem`` of the node: ``<pool>/vz`` (hypervisor) or ``<pool>/backup``."""
+        return self.pools[server_id].path(POOL_ROLES[server_id][2])
+
+    async def names(self, pool: str) -> list[str]:
+        """``zfs list -H -t all -o name -r <pool>``, in zfs's order."""
+        done = await system.run([self.zfs.zfs_bin, "list", "-H", "-t", "all", "-o", "name", "-r", pool],
+                                timeout=30)
+        return done.stdout.split()
+
+    def destroy_hint(self) -> str:
+        names = " ".join(tp.name for tp in self.pools.values())
+        if self.backend == "fake-zfs":
+            return " && ".join(f"FAKE_ZFS_ROOT={self.env['FAKE_ZFS_ROOT']} {self.zfs.zpool_bin} destroy {tp.name}"
+                               for tp in self.pools.values())
+        return f"for p in {names}; do zpool destroy $p; done"
+
+
+def fake_zfs_script(bindir: Path) -> Path:
+    """The installed ``fake-zfs`` console script, or a wrapper that runs it with this interpreter."""
+    installed = Path(sys.executable).parent / "fake-zfs"
+    if installed.exists():
+        return installed
+    found = shutil.which("fake-zfs")
+    if found:
+        return Path(found)
+    wrapper = bindir / "fake-zfs"
+    wrapper.write_text(f"#!{sys.executable}\nimport sys\nfrom vpsadmind.testing.fakezfs.cli import main\n"
+                       "sys.exit(main())\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+async def select_storage(mode: str, workdir: Path) -> Storage:
+    """zfs-fuse when ``zpool list`` works (``auto``, ``fuse``), else (``auto``, ``fake``) fake-zfs through
+    ``zfs``/``zpool`` symlinks in ``<workdir>/fake-zfs/bin`` with its state in ``<workdir>/fake-zfs/root``."""
+    if mode in ("auto", "fuse"):
+        try:
+            async with asyncio.timeout(ZPOOL_PROBE_TIMEOUT):
+                problem = await zfs_unavailable()
+        except TimeoutError:  # a wedged zfs-fuse daemon: the demo must stay bounded in time
+            problem = f"zpool list did not answer within {ZPOOL_PROBE_TIMEOUT:g} s"
+        if problem is None:
+            return Storage("zfs-fuse", f"zpool list works, --zfs {mode}", Zfs(timeout=30.0))
+        if mode == "fuse":
+            raise DemoError(f"--zfs fuse: zfs-fuse cannot be used here ({problem})")
+        why = f"zfs-fuse cannot run here ({problem}), --zfs auto"
+    else:
+        why = "--zfs fake"
+    base = workdir / "fake-zfs"
+    shutil.rmtree(base, ignore_errors=True)  # the state of an earlier run: its pools are gone with it
+    bindir = base / "bin"
+    bindir.mkdir(parents=True)
+    script = fake_zfs_script(bindir)
+    for name in ("zfs", "zpool"):
+        (bindir / name).symlink_to(script)
+    root = str(base / "root")
+    os.environ["FAKE_ZFS_ROOT"] = root  # the demo's own zfs commands (pools, report)
+    bins = {"zfs": str(bindir / "zfs"), "zpool": str(bindir / "zpool")}
+    return Storage("fake-zfs", why, Zfs(zfs=bins["zfs"], zpool=bins["zpool"], timeout=30.0), bin=bins,
+                   env={"FAKE_ZFS_ROOT": root})
+
+
+async def create_pools(storage: Storage, workdir: Path, created: list[TempPool]) -> None:
+    """One TempPool per node (``vd`` + 8 hex digits, a sparse file in the work directory); each is appended to
+    ``created`` before it is made, so that it is destroyed whatever happens next. Directories of earlier
+    runs' pools are removed unless their pool still exists."""
+    live = set(await storage.zfs.pools())
+    for old in sorted(workdir.iterdir()):
+        if _POOL_DIR_RE.match(old.name) and old.is_dir():
+            name = old.name.split(".", 1)[0]
+            if name in live:
+                say(f"  pool {name} of an earlier run (--keep-running?) still exists, left alone: destroy it with "
+                    f"zpool destroy {name}")
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+    for server_id in POOL_ROLES:
+        pool = TempPool(name=unique_pool_name("vd"), size=POOL_SIZE, base_dir=str(workdir), zfs=storage.zfs)
+        storage.pools[server_id] = pool
+        created.append(pool)
+    for pool in storage.pools.values():  # one at a time: zfs-fuse is shared with everybody on the machine
+        await pool.create()
+    for server_id, pool in storage.pools.items():
+        role, what, _fs = POOL_ROLES[server_id]
+        say(f"  {NODES[server_id - 1][1]}: pool {pool.name} ({POOL_SIZE // MIB} MiB sparse file {pool.file}), "
+            f"{what} pool filesystem {storage.fs(server_id)}")
+
+
+async def _zpool(zpool: str, *args: str, timeout: float) -> tuple[int | None, str]:
+    """``zpool <args>`` with its output in a temporary file, not a pipe (zfs-fuse's ``zpool destroy`` starts
+    ``umount``, which inherits the pipes and holds them for ever when the daemon is wedged), waiting at most
+    ``timeout`` seconds: ``(None, why)`` when it did not end, and it is then left alone."""
+    with tempfile.TemporaryFile() as out:
+        proc = await asyncio.create_subprocess_exec(zpool, *args, stdin=subprocess.DEVNULL, stdout=out,
+                                                    stderr=subprocess.STDOUT)
+        try:
+            rc = await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError):  # reaped, unless it is stuck in the kernel (D state)
+                await asyncio.wait_for(proc.wait(), 1.0)
+            return None, f"zpool {' '.join(args)} did not end within {timeout:g} s"
+        out.seek(0)
+        return rc, out.read().decode(errors="replace").strip()
+
+
+async def _remove_directory(path: str, timeout: float = 5.0) -> None:
+    """rmtree in a daemon thread, waited for at most ``timeout``: a stat on a hung FUSE mount never returns."""
+    thread = threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def destroy_pools(pools: Sequence[TempPool], budget: float = 30.0) -> list[str]:
+    """``zpool destroy`` each pool (``-f`` after a few refusals), retrying while zfs-fuse says it is busy (it does
+    for a moment after writes), for at most ``budget`` seconds in all and at least one try per pool: a wedged
+    zfs-fuse must not hold the demo. A destroyed pool's directory is removed; a pool that is left keeps its vdev.
+    Returns what could not be destroyed, with the command to do it later."""
+    problems: list[str] = []
+    deadline = time.monotonic() + budget
+    for pool in pools:
+        tries = 0
+        while pool.created:
+            force = ["-f"] if tries >= 3 else []
+            rc, out = await _zpool(pool.zfs.zpool_bin, "destroy", *force, pool.name,
+                                   timeout=max(deadline - time.monotonic(), 2.0))
+            tries += 1
+            if rc == 0 or "no such pool" in out:
+                pool.created = False
+            elif rc is None or time.monotonic() + 0.5 >= deadline:
+                problems.append(f"pool {pool.name} not destroyed ({out or f'exit code {rc}'}): destroy it later "
+                                f"with {pool.zfs.zpool_bin} destroy {pool.name}")
+                break
+            else:
+                await asyncio.sleep(0.5)
+        if not pool.created and pool.directory:
+            await _remove_directory(pool.directory)
+            pool.directory = ""
+    return problems
+
+
+@dataclass(slots=True)
+class StorageRun:
+    """What the storage scenario made, for its report."""
+
+    pool_ids: dict[int, int]
+    dataset: int
+    snapshot: int
+    snapshot_fired_as: str
+    compression: int        # dataset_properties id of 101's compression on the hypervisor pool
+    branch: str             # the new branch's dataset name
+    failed_dataset: str     # the dataset of the failing chain, relative to the pool filesystem
+
+
+async def scenario_storage(demo: Demo) -> list[Scenario]:
+    """Pools, datasets, a snapshot, a property, a backup tree and branch, and a rolled back dataset.
+
+    * ``storage_hv`` (node 1): Pool::Create, Dataset::Create 101 (quota, private/), Dataset::Snapshot,
+      Dataset::Set compression=on;
+    * ``storage_backup`` (node 2): Pool::Create, Dataset::Create 101, DatasetTree::Create tree.0,
+      Branch::Create;
+    * ``storage_fail`` (node 1, fired once storage_hv is done, as it needs the pool): Dataset::Create 102,
+      Dataset::Snapshot, a failing probe: the chain rolls back, 102 and its snapshot are gone.
+
+    The rows are written as the API writes them: unconfirmed, with ``create`` confirmations; the snapshot row
+    is named ``<time> (unconfirmed)`` until Dataset::Snapshot's post_save names it.
+    """
+    st = demo.storage
+    assert st is not None, "the storage scenario needs pools"
+    fs1, fs2 = st.fs(1), st.fs(2)
+    pool_ids = {sid: await demo.insert("pools", node_id=sid, label=f"{NODES[sid - 1][1]} {what}",
+                                       filesystem=st.fs(sid), role=role)
+                for sid, (role, what, _fs) in POOL_ROLES.items()}
+
+    # node 1, hypervisor pool: 101 with its properties and a snapshot, then compression=on
+    ds = await demo.new_dataset("101")
+    dip1 = await demo.insert("dataset_in_pools", dataset_id=ds, pool_id=pool_ids[1], confirmed=0)
+    props = await demo.new_properties(pool_ids[1], ds, dip1, {
+        "compression": (False, True), "quota": (64, False), "used": (0, False), "referenced": (0, False),
+        "avail": (0, False)})
+    fired_as = f"{utc_now()} (unconfirmed)"
+    snap = await demo.insert("snapshots", name=fired_as, dataset_id=ds, confirmed=0)
+    sip = await demo.insert("snapshot_in_pools", snapshot_id=snap, dataset_in_pool_id=dip1, confirmed=0)
+    b = ChainBuilder("demo_storage_hv").lock("Pool", pool_ids[1]).lock("DatasetInPool", dip1)
+    b.append(POOL_CREATE, server=1, params={"pool_fs": fs1, "options": {"atime": False}})
+    b.append(DATASET_CREATE, server=1,
+             params={"pool_fs": fs1, "name": "101", "options": {"quota": 64}, "create_private": True},
+             confirmations=[_create(ds), *_created("DatasetInPool", "dataset_in_pools", dip1),
+                            *_created("DatasetProperty", "dataset_properties", *props.values())])
+    b.append(DATASET_SNAPSHOT, server=1, params={"pool_fs": fs1, "dataset_name": "101", "snapshot_id": snap},
+             confirmations=[*_created("Snapshot", "snapshots", snap),
+                            *_created("SnapshotInPool", "snapshot_in_pools", sip)])
+    b.append(DATASET_SET, server=1,
+             params={"pool_fs": fs1, "name": "101", "properties": {"compression": [False, True]}},
+             confirmations=[Confirmation.edit_after("DatasetProperty", "dataset_properties",
+                                                    {"id": props["compression"]},
+                                                    {"value": ruby_yaml(True), "inherited": 0})])
+    confirmed: dict[tuple[str, int], int | None] = {("datasets", ds): 1, ("dataset_in_pools", dip1): 1,
+                 **{("dataset_properties", i): 1 for i in props.values()},
+                 ("snapshots", snap): 1, ("snapshot_in_pools", sip): 1}
+    hv = await demo.fire(
+        "storage_hv", "Pool::Create, Dataset::Create 101, Dataset::Snapshot, Dataset::Set compression@1", b,
+        first_server=1, expect=lambda t: Expect(ChainState.DONE, [(1, 1)] * 4, rows=confirmed))
+
+    # node 2, backup pool: 101 with tree.0 and its first branch
+    dip2 = await demo.insert("dataset_in_pools", dataset_id=ds, pool_id=pool_ids[2], confirmed=0)
+    tree = await demo.insert("dataset_trees", dataset_in_pool_id=dip2, index=0, head=1, confirmed=0)
+    branch_name = utc_now()
+    branch = await demo.insert("branches", dataset_tree_id=tree, name=branch_name, index=0, head=1, confirmed=0)
+    branch_fs = f"branch-{branch_name}.0"
+    b = ChainBuilder("demo_storage_backup").lock("Pool", pool_ids[2]).lock("DatasetInPool", dip2)
+    b.append(POOL_CREATE, server=2, params={"pool_fs": fs2})
+    b.append(DATASET_CREATE, server=2, params={"pool_fs": fs2, "name": "101"},
+             confirmations=_created("DatasetInPool", "dataset_in_pools", dip2))
+    b.append(TREE_CREATE, server=2, params={"pool_fs": fs2, "dataset_name": "101", "tree": "tree.0"},
+             confirmations=_created("DatasetTree", "dataset_trees", tree))
+    b.append(BRANCH_CREATE, server=2, params={"pool_fs": fs2, "dataset_name": "101", "tree": "tree.0",
+                                              "new_branch_name": branch_fs},
+             confirmations=_created("Branch", "branches", branch))
+    backup = await demo.fire(
+        "storage_backup", "Pool::Create, Dataset::Create 101, DatasetTree::Create, Branch::Create@2", b,
+        first_server=2, expect=lambda t: Expect(ChainState.DONE, [(1, 1)] * 4, rows={
+            ("dataset_in_pools", dip2): 1, ("dataset_trees", tree): 1, ("branches", branch): 1}))
+
+    # node 1 again, once its pool exists: a chain that fails in the middle and rolls back
+    hv.chain = await wait_chain(demo.conn, hv.fired.chain_id, timeout=max(demo.deadline - time.monotonic() - 3, 1))
+    hv.ended_at = time.monotonic()
+    effects = demo.effects("storage_fail")
+    ds2 = await demo.new_dataset("102")
+    dip3 = await demo.insert("dataset_in_pools", dataset_id=ds2, pool_id=pool_ids[1], confirmed=0)
+    props2 = await demo.new_properties(pool_ids[1], ds2, dip3, {"quota": (32, False), "compression": (False, True)})
+    snap2 = await demo.insert("snapshots", name=f"{utc_now()} (unconfirmed)", dataset_id=ds2, confirmed=0)
+    sip2 = await demo.insert("snapshot_in_pools", snapshot_id=snap2, dataset_in_pool_id=dip3, confirmed=0)
+    b = ChainBuilder("demo_storage_fail").lock("DatasetInPool", dip3)
+    b.append(DATASET_CREATE, server=1,
+             params={"pool_fs": fs1, "name": "102", "options": {"quota": 32}, "create_private": True},
+             confirmations=[_create(ds2), *_created("DatasetInPool", "dataset_in_pools", dip3),
+                            *_created("DatasetProperty", "dataset_properties", *props2.values())])
+    b.append(DATASET_SNAPSHOT, server=1, params={"pool_fs": fs1, "dataset_name": "102", "snapshot_id": snap2},
+             confirmations=[*_created("Snapshot", "snapshots", snap2),
+                            *_created("SnapshotInPool", "snapshot_in_pools", sip2)])
+    b.append(PROBE, server=1, params=_probe(effects, fail=True))
+    gone: dict[tuple[str, int], int | None] = {
+        ("datasets", ds2): None, ("dataset_in_pools", dip3): None,
+        **{("dataset_properties", i): None for i in props2.values()},
+        ("snapshots", snap2): None, ("snapshot_in_pools", sip2): None}
+    fail = await demo.fire(
+        "storage_fail", "Dataset::Create 102, Dataset::Snapshot, failing Probe@1: rolled back", b,
+        first_server=1, effects=effects,
+        expect=lambda t: Expect(ChainState.FAILED, [(2, 1)] * 3, [f"exec {t[2]}", f"rollback {t[2]}"], gone))
+
+    run = StorageRun(pool_ids, ds, snap, fired_as, props["compression"], f"{fs2}/101/tree.0/{branch_fs}", "102")
+    demo.reports.append(lambda: report_storage(demo, st, run))
+    return [hv, backup, fail]
+
+
+async def report_storage(demo: Demo, st: Storage, run: StorageRun) -> list[str]:
+    """Print the pools as zfs lists them, the snapshot name post_save wrote, 101's properties; return what
+    differs from what the storage chains must leave."""
+    problems: list[str] = []
+    fs1, fs2 = st.fs(1), st.fs(2)
+    rows = await fetch(demo.conn, "SELECT name, created_at FROM snapshots WHERE id = %s", (run.snapshot,))
+    snap = str(rows[0]["name"]) if rows else None
+    working = ["vpsadmin", "vpsadmin/download", "vpsadmin/mount"]
+    expected = {
+        1: [st.pools[1].name, fs1, f"{fs1}/101", f"{fs1}/101@{snap}", *(f"{fs1}/{w}" for w in working)],
+        2: [st.pools[2].name, fs2, f"{fs2}/101", f"{fs2}/101/tree.0", run.branch, *(f"{fs2}/{w}" for w in working)],
+    }
+    say(f"\nStorage on {st.backend} ({st.why})")
+    for server_id, pool in st.pools.items():
+        role, what, _fs = POOL_ROLES[server_id]
+        say(f"\n  {NODES[server_id - 1][1]}: pools#{run.pool_ids[server_id]} role {role} ({what}), filesystem "
+            f"{st.fs(server_id)}")
+        say(f"  $ zfs list -t all -o name -r {pool.name}")
+        try:
+            names = await st.names(pool.name)
+        except system.CommandFailed as exc:
+            problems.append(f"zfs list of {pool.name} failed: {exc}")
+            continue
+        for name in names:
+            say(f"    {name}")
+        missing = sorted(set(expected[server_id]) - set(names))
+        extra = sorted(set(names) - set(expected[server_id]))
+        if missing or extra:
+            problems.append(f"pool {pool.name} ({NODES[server_id - 1][1]}): missing {missing}, unexpected {extra}")
+    say(f"\n  snapshots#{run.snapshot}: fired as {run.snapshot_fired_as!r}, named by Dataset::Snapshot's post_save "
+        f"{snap!r} (created_at {rows[0]['created_at'] if rows else None})")
+    if snap is None or not _SNAPSHOT_RE.match(snap):
+        problems.append(f"snapshots#{run.snapshot} is named {snap!r}, expected a UTC time YYYY-MM-DDTHH:MM:SS")
+    problems += await _report_properties(demo, st, run)
+    return problems
+
+
+async def _report_properties(demo: Demo, st: Storage, run: StorageRun) -> list[str]:
+    problems: list[str] = []
+    fs1 = st.fs(1)
+    ds = f"{fs1}/101"
+    got = (await st.zfs.get(ds, ["quota", "compression", "atime", "mountpoint"])).get(ds, {})
+    shown = {k: f"{v.value}{f' = {int(v.value) // MIB} MiB' if k == 'quota' and v.value.isdigit() else ''} "
+                f"({v.source})" for k, v in got.items() if k != "mountpoint"}
+    mnt = got["mountpoint"].value if "mountpoint" in got else ""
+    private = bool(mnt) and os.path.isdir(os.path.join(mnt, "private"))
+    say(f"  {ds}: " + ", ".join(f"{k}={v}" for k, v in shown.items()) + f"; private/ "
+        f"{'exists' if private else 'MISSING'} in {mnt}")
+    want = {"quota": (str(64 * MIB), "local"), "compression": ("on", "local"),
+            "atime": ("off", f"inherited from {fs1}")}
+    for prop, (value, source) in want.items():
+        have = got.get(prop)
+        if have is None or (have.value, have.source) != (value, source):
+            problems.append(f"{ds}: {prop} is {shown.get(prop)}, expected {value} ({source})")
+    if not private:
+        problems.append(f"{ds}: no private/ directory (create_private)")
+    rows = await fetch(demo.conn, "SELECT value, inherited FROM dataset_properties WHERE id = %s", (run.compression,))
+    saved = (rows[0]["value"], int(rows[0]["inherited"])) if rows else None
+    say(f"  dataset_properties#{run.compression} compression (edit_after of Dataset::Set): "
+        + (f"value {saved[0]!r}, inherited {saved[1]}" if saved else "deleted"))
+    if saved != (ruby_yaml(True), 0):
+        problems.append(f"dataset_properties#{run.compression}: {saved}, expected {ruby_yaml(True)!r} not inherited")
+    failed = f"{fs1}/{run.failed_dataset}"
+    left = await st.zfs.exists(failed)
+    say(f"  storage_fail: {failed} {'still exists' if left else 'is gone (rolled back), its snapshot with it'}")
+    if left:
+        problems.append(f"{failed} exists after its chain was rolled back")
+    return problems
+
+
+SCENARIOS: Final[list[Callable[[Demo], Awaitable[Scenario | list[Scenario]]]]] = [
+    scenario_hop, scenario_noops, scenario_rollback, scenario_keep_going, scenario_storage,
 ]
 
 
@@ -332,14 +737,15 @@ def clean_workdir(workdir: Path) -> None:
         path.unlink()
 
 
-async def start_daemons(args: argparse.Namespace, settings: TestDbSettings,
-                        daemons: list[DaemonProcess]) -> None:
+async def start_daemons(args: argparse.Namespace, settings: TestDbSettings, daemons: list[DaemonProcess],
+                        storage: Storage | None = None) -> None:
     mqtt: dict[str, Any] = ({"enabled": True, "host": args.mqtt_host, "port": args.mqtt_port,
                              "topic_prefix": args.topic_prefix} if not args.no_mqtt else {"enabled": False})
     for server_id, name, _ip in NODES:
         cfg = write_config(args.workdir / f"{name}.yml", settings, args.database, server_id=server_id,
-                           journal=args.workdir / f"journal{server_id}", check_interval=CHECK_INTERVAL, mqtt=mqtt)
-        daemons.append(DaemonProcess(cfg, args.workdir / f"{name}.log"))
+                           journal=args.workdir / f"journal{server_id}", check_interval=CHECK_INTERVAL, mqtt=mqtt,
+                           bin=storage.bin if storage else None)
+        daemons.append(DaemonProcess(cfg, args.workdir / f"{name}.log", env=storage.env if storage else None))
     await asyncio.gather(*(asyncio.to_thread(d.start, timeout=20.0) for d in daemons))
     for (server_id, name, ip), d in zip(NODES, daemons, strict=True):
         say(f"  {name} (server_id {server_id}, {ip}): pid {d.pid}, config {d.config}, log {d.log}")
@@ -366,6 +772,8 @@ async def stop_daemons(daemons: Sequence[DaemonProcess], timeout: float = 15.0) 
 
 async def wait_all(settings: TestDbSettings, database: str, scenarios: Sequence[Scenario], timeout: float) -> None:
     async def one(s: Scenario) -> None:
+        if s.chain:  # its scenario already waited for it
+            return
         conn = await connect(settings, database)
         try:
             s.chain = await wait_chain(conn, s.fired.chain_id, timeout=timeout)
@@ -436,16 +844,23 @@ async def report_leftovers(conn: aiomysql.Connection, scenarios: Sequence[Scenar
     expected = {row: (s, want) for s in scenarios for row, want in s.expect.rows.items()}
     if not expected:
         return problems
-    say("\nRows with confirmations (create: confirmed 0 -> 1 when the chain is done, deleted when rolled back)")
-    rows = []
+    say("\nRows with confirmations (create: confirmed 0 -> 1 when the chain is done, deleted when rolled back; "
+        "consecutive ids of one table shown as a range)")
+    rows: list[list[Any]] = []
     for (tbl, row_id), (s, want) in expected.items():
         found = await fetch(conn, f"SELECT confirmed FROM `{tbl}` WHERE id = %s", (row_id,))
         got = int(found[0]["confirmed"]) if found else None
-        rows.append([f"{tbl}#{row_id}", s.name, "deleted" if got is None else f"confirmed={got}",
-                     "deleted" if want is None else f"confirmed={want}"])
+        now = "deleted" if got is None else f"confirmed={got}"
+        wanted = "deleted" if want is None else f"confirmed={want}"
         if got != want:
-            problems.append(f"{s.name}: {rows[-1][0]} is {rows[-1][2]}, expected {rows[-1][3]}")
-    table(["row", "scenario", "now", "expected"], rows)
+            problems.append(f"{s.name}: {tbl}#{row_id} is {now}, expected {wanted}")
+        last = rows[-1] if rows else None
+        if last is not None and last[0] == tbl and last[2] == row_id - 1 and last[3:] == [s.name, now, wanted]:
+            last[2] = row_id
+        else:
+            rows.append([tbl, row_id, row_id, s.name, now, wanted])
+    table(["row", "scenario", "now", "expected"],
+          [[f"{tbl}#{first}" + (f"-{end}" if end != first else ""), *rest] for tbl, first, end, *rest in rows])
     return problems
 
 
@@ -484,23 +899,31 @@ def report_mqtt(mqtt: Mqtt, daemons: Sequence[DaemonProcess]) -> None:
 # Main
 
 
-async def demo(args: argparse.Namespace, daemons: list[DaemonProcess]) -> int:
+async def demo(args: argparse.Namespace, daemons: list[DaemonProcess], pools: list[TempPool]) -> int:
     settings = TestDbSettings.from_env()
     import_handler_modules(["vpsadmind.testing.handlers"])  # handler names for the report
     say(f"vpsadmind demo: database {args.database} on {settings.describe()}, work directory {args.workdir}")
     await check_not_served(settings, args.database)
     clean_workdir(args.workdir)
     await prepare_database(settings, args.database)
+    storage = await select_storage(args.zfs, args.workdir)
+    say(f"Storage: {storage.backend} ({storage.why}); one pool per node")
+    await create_pools(storage, args.workdir, pools)
     async with contextlib.AsyncExitStack() as stack:
         mqtt = Mqtt(args.mqtt_host, args.mqtt_port, args.topic_prefix, enabled=not args.no_mqtt)
         await mqtt.start(stack)
         say(f"MQTT: {mqtt.state}")
-        say(f"\nStarting two daemons (check_interval {CHECK_INTERVAL:g} s)")
-        await start_daemons(args, settings, daemons)
+        say(f"\nStarting two daemons (check_interval {CHECK_INTERVAL:g} s"
+            + (f", bin.zfs {storage.bin['zfs']}" if storage.bin else "") + ")")
+        await start_daemons(args, settings, daemons, storage)
         conn = await connect(settings, args.database)
         stack.callback(conn.close)
         say("\nFiring chains as the API does (one DB transaction each, then the MQTT wake-up if MQTT is on)")
-        scenarios = [await scenario(Demo(conn, mqtt, args.workdir)) for scenario in SCENARIOS]
+        ctx = Demo(conn, mqtt, args.workdir, storage, args.deadline)
+        scenarios: list[Scenario] = []
+        for scenario in SCENARIOS:
+            fired = await scenario(ctx)
+            scenarios += fired if isinstance(fired, list) else [fired]
         # wait_chain's own timeout comes first: its error lists the transactions of the chain that hangs
         await wait_all(settings, args.database, scenarios, timeout=max(args.deadline - time.monotonic() - 3, 1))
         for s in scenarios:
@@ -510,6 +933,8 @@ async def demo(args: argparse.Namespace, daemons: list[DaemonProcess]) -> int:
         report_transactions(scenarios)
         report_effects(scenarios)
         problems = await report_leftovers(conn, scenarios)
+        for report in ctx.reports:
+            problems += await report()
         report_mqtt(mqtt, daemons)
     problems = [p for s in scenarios for p in check(s)] + problems
     if args.keep_running:
@@ -517,12 +942,17 @@ async def demo(args: argparse.Namespace, daemons: list[DaemonProcess]) -> int:
         for (_sid, name, _ip), d in zip(NODES, daemons, strict=True):
             say(f"  {name}: pid {d.pid}, log {d.log}")
         say(f"  stop them with: kill -TERM {' '.join(str(d.pid) for d in daemons)}")
+        say(f"Pools kept ({', '.join(p.name for p in pools)}); after stopping the daemons destroy them with: "
+            f"{storage.destroy_hint()}")
     else:
         codes = await stop_daemons(daemons)
         say("\nDaemons stopped with SIGTERM: " + ", ".join(
             f"{name} exit code {code}" for (_sid, name, _ip), code in zip(NODES, codes, strict=True)))
         problems += [f"{name} exited with {code}, expected 0"
                      for (_sid, name, _ip), code in zip(NODES, codes, strict=True) if code != 0]
+        failed = await destroy_pools(pools)
+        say(f"Pools destroyed: {', '.join(p.name for p in pools if not p.created) or 'none'}")
+        problems += failed
     say(f"\nDatabase {args.database} is kept for inspection (recreated at the next run).")
     if problems:
         say("\nDEMO FAILED: the run differs from what the scenarios expect:")
@@ -530,14 +960,15 @@ async def demo(args: argparse.Namespace, daemons: list[DaemonProcess]) -> int:
             say(f"  - {p}")
         return 1
     say("\nDemo OK: " + ", ".join(f"{s.name} {_state_name(int(s.chain['state']))}" for s in scenarios)
-        + " - every chain ended as expected.")
+        + f" - every chain ended as expected (storage on {storage.backend}).")
     return 0
 
 
 async def run(args: argparse.Namespace) -> int:
-    """:func:`demo` under a global timeout; daemons are stopped on any error (and on success unless
-    ``--keep-running``)."""
+    """:func:`demo` under a global timeout; daemons are stopped and pools destroyed on any error (and on
+    success unless ``--keep-running``)."""
     daemons: list[DaemonProcess] = []
+    pools: list[TempPool] = []
     keep = False
     args.deadline = time.monotonic() + args.timeout
     task = asyncio.current_task()
@@ -545,7 +976,7 @@ async def run(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         async with asyncio.timeout(args.timeout):
-            code = await demo(args, daemons)
+            code = await demo(args, daemons, pools)
         keep = args.keep_running and code == 0
         return code
     except (TimeoutError, DemoError) as exc:
@@ -556,10 +987,17 @@ async def run(args: argparse.Namespace) -> int:
         say(f"\nDEMO FAILED: {type(exc).__name__}: {exc}")
         return 1
     finally:
-        if not keep:
+        if not keep:  # daemons first: they may still run zfs commands on the pools
             left = [d for d in daemons if d.proc is not None and d.returncode is None]
-            if left:
-                say(f"Stopping the daemons left running: exit codes {await stop_daemons(left, timeout=10.0)}")
+            codes = await stop_daemons(left, timeout=10.0) if left else None
+            left_pools = [p for p in pools if p.created or p.directory]
+            failed = await destroy_pools(left_pools) if left_pools else None
+            if codes is not None:
+                say(f"Stopped the daemons left running: exit codes {codes}")
+            if failed:
+                say(f"Pools left behind: {'; '.join(failed)}")
+            elif failed is not None:
+                say(f"Destroyed the pools left: {', '.join(p.name for p in left_pools)}")
 
 
 def _database(value: str) -> str:
@@ -574,6 +1012,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"configs, logs, journals and probe effects (default {DEFAULT_WORKDIR})")
     p.add_argument("--keep-running", action="store_true", help="leave the daemons running at the end")
     p.add_argument("--no-mqtt", action="store_true", help="daemons without the MQTT bus: polling only")
+    p.add_argument("--zfs", choices=("auto", "fuse", "fake"), default="auto",
+                   help="pools on zfs-fuse, on the fake-zfs harness, or (auto, the default) on zfs-fuse when "
+                        "`zpool list` works, else fake-zfs")
     p.add_argument("--database", type=_database, default=DEMO_DATABASE,
                    help=f"database to (re)create (default {DEMO_DATABASE})")
     p.add_argument("--mqtt-host", default="127.0.0.1", help="MQTT broker (default 127.0.0.1)")

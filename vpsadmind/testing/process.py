@@ -23,9 +23,10 @@ def write_config(path: Path, settings: TestDbSettings, database: str, *, server_
                  check_interval: float = 0.1, mqtt: dict[str, Any] | None = None,
                  extra_vpsadmin: dict[str, Any] | None = None, db_extra: dict[str, Any] | None = None,
                  hosts: list[str] | None = None, log_level: str = "info",
-                 control_socket: Path | None = None) -> Path:
+                 control_socket: Path | None = None, bin: dict[str, str] | None = None) -> Path:
     """A daemon config for tests; the control socket defaults to a file beside the config so that several
-    test daemons on one machine do not collide on /var/run/vpsadmind.sock."""
+    test daemons on one machine do not collide on /var/run/vpsadmind.sock. ``bin`` overrides paths of the
+    ``bin`` section (e.g. ``{"zfs": ..., "zpool": ...}`` pointing at fake-zfs)."""
     cfg: dict[str, Any] = {
         "db": {"hosts": hosts or [f"{settings.host}:{settings.port}"], "user": settings.user,
                "pass": settings.password, "name": database, "retry_interval": 1, "connect_timeout": 2,
@@ -38,20 +39,27 @@ def write_config(path: Path, settings: TestDbSettings, database: str, *, server_
         "log": {"level": log_level, "format": "json"},
         "remote": {"socket": str(control_socket or path.with_suffix(".sock"))},
     }
+    if bin:
+        cfg["bin"] = dict(bin)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 class DaemonProcess:
-    def __init__(self, config: Path, log: Path) -> None:
+    """``python -m vpsadmind.cli -c <config>`` with its output in ``log``; ``env`` is added to the
+    environment it inherits (e.g. ``FAKE_ZFS_ROOT``)."""
+
+    def __init__(self, config: Path, log: Path, *, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log = log
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait: bool = True, timeout: float = 20.0) -> DaemonProcess:
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen([sys.executable, "-m", "vpsadmind.cli", "-c", str(self.config)],
-                                     stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     stdout=out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
         out.close()
         if wait:
             self.wait_for_event("started", timeout=timeout)
