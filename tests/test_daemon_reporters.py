@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import yaml
 
 from vpsadmind.system import CommandFailed
 from vpsadmind.testing.db import TestDbSettings
+from vpsadmind.testing.fakezfs.install import fake_zfs_script
 from vpsadmind.testing.process import DaemonProcess, write_config
 from vpsadmind.testing.zfspool import TempPool
 from vpsadmind.zfs.driver import Zfs
@@ -49,20 +49,6 @@ def _zfs_fuse_problem() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"zpool list failed: {exc}"
     return None if done.returncode == 0 else f"zpool list exited with {done.returncode}: {done.stderr.strip()}"
-
-
-def _fake_script(bindir: Path) -> Path:
-    installed = Path(sys.executable).parent / "fake-zfs"
-    if installed.exists():
-        return installed
-    found = shutil.which("fake-zfs")
-    if found:
-        return Path(found)
-    wrapper = bindir / "fake-zfs"
-    wrapper.write_text(f"#!{sys.executable}\nimport sys\nfrom vpsadmind.testing.fakezfs.cli import main\n"
-                       "sys.exit(main())\n")
-    wrapper.chmod(0o755)
-    return wrapper
 
 
 @dataclass
@@ -92,7 +78,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
         return Backend("zfs-fuse", "zfs", "zpool", {})
     bindir = tmp_path / "fakebin"
     bindir.mkdir()
-    script = _fake_script(bindir)
+    script = fake_zfs_script(bindir)
     for name in ("zfs", "zpool"):
         (bindir / name).symlink_to(script)
     root = str(tmp_path / "fakeroot")

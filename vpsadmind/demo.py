@@ -46,6 +46,7 @@ from vpsadmind.handlers.base import import_handler_modules
 from vpsadmind.testing.chains import ChainBuilder, Confirmation, FiredChain, register_node
 from vpsadmind.testing.db import TestDbSettings, connect, create_database
 from vpsadmind.testing.engine import transactions_of, wait_chain
+from vpsadmind.testing.fakezfs.install import fake_zfs_script
 from vpsadmind.testing.handlers import PROBE, read_effects
 from vpsadmind.testing.process import DaemonProcess, write_config
 from vpsadmind.testing.zfspool import TempPool, unique_pool_name, zfs_unavailable
@@ -363,21 +364,6 @@ class Storage:
             return " && ".join(f"FAKE_ZFS_ROOT={self.env['FAKE_ZFS_ROOT']} {self.zfs.zpool_bin} destroy {tp.name}"
                                for tp in self.pools.values())
         return f"for p in {names}; do zpool destroy $p; done"
-
-
-def fake_zfs_script(bindir: Path) -> Path:
-    """The installed ``fake-zfs`` console script, or a wrapper that runs it with this interpreter."""
-    installed = Path(sys.executable).parent / "fake-zfs"
-    if installed.exists():
-        return installed
-    found = shutil.which("fake-zfs")
-    if found:
-        return Path(found)
-    wrapper = bindir / "fake-zfs"
-    wrapper.write_text(f"#!{sys.executable}\nimport sys\nfrom vpsadmind.testing.fakezfs.cli import main\n"
-                       "sys.exit(main())\n")
-    wrapper.chmod(0o755)
-    return wrapper
 
 
 async def select_storage(mode: str, workdir: Path) -> Storage:

@@ -10,13 +10,14 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from vpsadmind.testing.fakezfs.install import fake_zfs_script
 
 BUSY = "dataset is busy"
 TIMEOUT = 60
@@ -130,21 +131,6 @@ class Backend:
             pool.vdev.unlink(missing_ok=True)
 
 
-def _fake_script(bindir: Path) -> Path:
-    """The installed console script, or else a wrapper that runs the fake with this interpreter."""
-    installed = Path(sys.executable).parent / "fake-zfs"
-    if installed.exists():
-        return installed
-    found = shutil.which("fake-zfs")
-    if found:
-        return Path(found)
-    wrapper = bindir / "fake-zfs"
-    wrapper.write_text(f"#!{sys.executable}\nimport sys\nfrom vpsadmind.testing.fakezfs.cli import main\n"
-                       "sys.exit(main())\n")
-    wrapper.chmod(0o755)
-    return wrapper
-
-
 def _zfs_fuse_available() -> str | None:
     zfs = shutil.which("zfs")
     if not zfs or not shutil.which("zpool"):
@@ -172,7 +158,7 @@ def make_backend(kind: str, tmp: Path) -> Backend:
         return Backend(kind, tmp, env)
     bindir = tmp / "bin"
     bindir.mkdir()
-    script = _fake_script(bindir)
+    script = fake_zfs_script(bindir)
     for name in ("zfs", "zpool"):
         (bindir / name).symlink_to(script)
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"

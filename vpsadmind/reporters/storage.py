@@ -23,7 +23,6 @@ raises (it logs), except for cancellation.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from vpsadmind.db import Database, Tx
+from vpsadmind.reporters.periodic import Periodic
 from vpsadmind.zfs import names
 from vpsadmind.zfs.driver import Zfs
 from vpsadmind.zfs.errors import ZfsError
@@ -140,8 +140,10 @@ async def report_storage(db: Database, zfs: Zfs, server_id: int, *,
     return reports
 
 
-class StorageReporter:
+class StorageReporter(Periodic):
     """Runs :func:`report_storage` every ``interval`` seconds (``resources_interval``, 300 s by default)."""
+
+    name = "storage report"
 
     def __init__(self, db: Database, zfs: Zfs, server_id: int, *, events: EventSink | None = None,
                  interval: float = 300.0) -> None:
@@ -158,16 +160,3 @@ class StorageReporter:
         self.last = await report_storage(self.db, self.zfs, self.server_id, events=self.events)
         self.runs += 1
         return self.last
-
-    async def run(self, interval: float | None = None) -> None:
-        """Report now and then every ``interval`` seconds until cancelled; failures are logged, never raised."""
-        every = self.interval if interval is None else interval
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.run_once()
-            except Exception as exc:  # a reporter must outlive a DB outage or a zfs hiccup
-                self.failures += 1
-                log.error("storage report failed", error=f"{type(exc).__name__}: {exc}", failures=self.failures)
-            await asyncio.sleep(max(0.0, every - (loop.time() - started)))

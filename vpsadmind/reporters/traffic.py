@@ -10,7 +10,6 @@ pending table and is stored with the next collection.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import structlog
 
 from vpsadmind.db import Database
 from vpsadmind.firewall.accounting import Firewall, Traffic
+from vpsadmind.reporters.periodic import Periodic
 
 __all__ = ["TrafficReporter", "store_traffic", "EventSink"]
 
@@ -43,8 +43,10 @@ async def store_traffic(db: Database, traffic: Sequence[Traffic], *, when: dt.da
     return len(rows)
 
 
-class TrafficReporter:
+class TrafficReporter(Periodic):
     """Collects and stores traffic every ``interval`` seconds (``transfers_interval``, 10 s by default)."""
+
+    name = "traffic report"
 
     def __init__(self, firewall: Firewall, db: Database, server_id: int, *, events: EventSink | None = None,
                  interval: float = 10.0) -> None:
@@ -77,19 +79,6 @@ class TrafficReporter:
     async def save_pending(self) -> None:
         """Store what the firewall already collected (after a flush or reinit), without reading the chains."""
         await self.save(self.firewall.take_pending())
-
-    async def run(self, interval: float | None = None) -> None:
-        """Report every ``interval`` seconds until cancelled; failures are logged, never raised."""
-        every = self.interval if interval is None else interval
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.run_once()
-            except Exception as exc:  # a reporter must outlive a DB outage or an iptables hiccup
-                self.failures += 1
-                log.error("traffic report failed", error=f"{type(exc).__name__}: {exc}", failures=self.failures)
-            await asyncio.sleep(max(0.0, every - (loop.time() - started)))
 
     async def close(self) -> None:
         """A last collection at shutdown, so that the counts since the last interval are stored (never raises)."""
