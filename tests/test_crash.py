@@ -19,6 +19,7 @@ from vpsadmind.testing.db import TestDbSettings, connect
 from vpsadmind.testing.engine import transactions_of, wait_chain
 from vpsadmind.testing.handlers import IDEMPOTENT_PROBE, RECOVERING_PROBE, read_effects
 from vpsadmind.testing.process import DaemonProcess, write_config
+from vpsadmind.testing.services import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -146,8 +147,7 @@ def private_db(tmp_path: Path) -> Any:
     from vpsadmind.testing.mariadb import PrivateMariaDB
 
     if not PrivateMariaDB.available():
-        pytest.fail("mariadbd/mariadb-install-db missing") if __import__("os").environ.get("CI") == "true" \
-            else pytest.skip("mariadbd not installed")
+        unavailable("mariadbd/mariadb-install-db are not installed")
     server = PrivateMariaDB()
     server.install()
     server.start()

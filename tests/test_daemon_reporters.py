@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from vpsadmind.system import CommandFailed
 from vpsadmind.testing.db import TestDbSettings
 from vpsadmind.testing.fakezfs.install import fake_zfs_script
 from vpsadmind.testing.process import DaemonProcess, write_config
+from vpsadmind.testing.services import unavailable, zfs_fuse_problem
 from vpsadmind.testing.zfspool import TempPool
 from vpsadmind.zfs.driver import Zfs
 
@@ -34,21 +34,6 @@ pytestmark = pytest.mark.slow
 SERVER_ID = 7
 MIB = 1024 * 1024
 PROPS = {"used": "used", "referenced": "referenced", "available": "avail"}
-
-
-def _zfs_fuse_problem() -> str | None:
-    for tool in ("zfs", "zpool"):
-        found = shutil.which(tool)
-        if found is None:
-            return f"{tool} is not installed"
-        if Path(found).resolve().name == "fake-zfs":
-            return f"{found} is fake-zfs, not zfs-fuse"
-    try:
-        done = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True, timeout=20,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"zpool list failed: {exc}"
-    return None if done.returncode == 0 else f"zpool list exited with {done.returncode}: {done.stderr.strip()}"
 
 
 @dataclass
@@ -70,11 +55,9 @@ class Backend:
 @pytest.fixture(params=["zfs-fuse", "fake"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
     if request.param == "zfs-fuse":
-        problem = _zfs_fuse_problem()
+        problem = zfs_fuse_problem()
         if problem is not None:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"zfs-fuse is required in CI: {problem}")
-            pytest.skip(f"zfs-fuse is not available: {problem}")
+            unavailable(f"zfs-fuse is not available: {problem}")
         return Backend("zfs-fuse", "zfs", "zpool", {})
     bindir = tmp_path / "fakebin"
     bindir.mkdir()

@@ -12,7 +12,6 @@ import asyncio
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from vpsadmind.demo import _zpool, destroy_pools
 from vpsadmind.testing.db import TestDbSettings, drop_database_sync, random_database_name, require_mariadb
+from vpsadmind.testing.services import unavailable, zfs_fuse_problem
 from vpsadmind.testing.zfspool import TempPool
 from vpsadmind.zfs.driver import Zfs
 
@@ -34,24 +34,11 @@ BACKENDS = {"fuse": "zfs-fuse", "fake": "fake-zfs"}
 SNAP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
 
 
-def zfs_fuse_problem() -> str | None:
-    if shutil.which("zpool") is None or shutil.which("zfs") is None:
-        return "zfs/zpool are not installed"
-    try:
-        done = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True, timeout=20,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"zpool list failed: {exc}"
-    return None if done.returncode == 0 else f"zpool list exited with {done.returncode}: {done.stderr.strip()}"
-
-
 def require_zfs_fuse() -> None:
     problem = zfs_fuse_problem()
     if problem is None:
         return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"zfs-fuse is required in CI: {problem}")
-    pytest.skip(f"zfs-fuse is not available: {problem}")
+    unavailable(f"zfs-fuse is not available: {problem}")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from vpsadmind.testing.fakezfs.install import fake_zfs_script
+from vpsadmind.testing.services import unavailable, zfs_fuse_problem
 
 BUSY = "dataset is busy"
 TIMEOUT = 60
@@ -131,30 +131,13 @@ class Backend:
             pool.vdev.unlink(missing_ok=True)
 
 
-def _zfs_fuse_available() -> str | None:
-    zfs = shutil.which("zfs")
-    if not zfs or not shutil.which("zpool"):
-        return "zfs/zpool are not installed"
-    if Path(zfs).resolve().name == "fake-zfs":
-        return f"{zfs} is fake-zfs, not zfs-fuse"
-    try:
-        probe = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"zpool list failed: {exc}"
-    if probe.returncode != 0:
-        return f"the zfs-fuse daemon does not answer: {probe.stderr.decode().strip()}"
-    return None
-
-
 def make_backend(kind: str, tmp: Path) -> Backend:
     env = dict(os.environ)
     env.pop("FAKE_ZFS_ROOT", None)
     if kind == "zfs-fuse":
-        problem = _zfs_fuse_available()
+        problem = zfs_fuse_problem()
         if problem:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"zfs-fuse is required in CI: {problem}")
-            pytest.skip(f"zfs-fuse unavailable: {problem}")
+            unavailable(f"zfs-fuse unavailable: {problem}")
         return Backend(kind, tmp, env)
     bindir = tmp / "bin"
     bindir.mkdir()

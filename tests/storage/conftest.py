@@ -7,8 +7,6 @@ working zfs the tests are skipped, or fail when ``CI=true``. Nothing here touche
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from vpsadmind.system import CommandTimeout
 from vpsadmind.testing.chains import ChainBuilder
 from vpsadmind.testing.db import TestDbSettings
 from vpsadmind.testing.engine import make_config, running_engine, transactions_of, wait_chain
+from vpsadmind.testing.services import unavailable, zfs_fuse_problem
 from vpsadmind.testing.zfspool import TempPool
 
 # Changes on every write or read, or says nothing about the state a handler leaves.
@@ -36,21 +35,6 @@ VOLATILE = frozenset({
     "usedbydataset", "usedbychildren", "usedbyrefreservation", "compressratio", "refcompressratio",
     "logicalused", "logicalreferenced", "userrefs", "objsetid",
 })
-
-
-def _zfs_works() -> str | None:
-    """Why zfs cannot be used here, or None."""
-    for tool in ("zfs", "zpool"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        done = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True,
-                              timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"zpool list failed: {exc}"
-    if done.returncode != 0:
-        return f"zpool list exited with {done.returncode}: {done.stderr.strip()}"
-    return None
 
 
 # Set when a zfs command hung: zfs-fuse's daemon stopped answering (it happens on the shared machine), and
@@ -62,12 +46,10 @@ def require_zfs() -> None:
     """Skip without a working zfs, or fail when ``CI=true``; fail at once after a zfs command hung."""
     if _hung:
         pytest.fail(f"zfs-fuse stopped answering earlier in this run: {_hung[0]}")
-    reason = _zfs_works()
+    reason = zfs_fuse_problem()
     if reason is None:
         return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"zfs-fuse is required in CI: {reason}")
-    pytest.skip(f"zfs-fuse is not available: {reason}")
+    unavailable(f"zfs-fuse is not available: {reason}")
 
 
 def sh(*argv: str, check: bool = True, input: bytes | None = None) -> str:

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, NoReturn, Self
 
+from vpsadmind.testing.services import unavailable
+
 __all__ = ["MosquittoServer", "free_port", "find_mosquitto", "service_unavailable"]
 
 _CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
@@ -54,11 +56,7 @@ def find_mosquitto() -> str | None:
 
 def service_unavailable(reason: str) -> NoReturn:
     """Fail the current test when ``CI == "true"`` (CI must provide the service), else skip it."""
-    import pytest  # a test dependency only, hence imported here
-
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    unavailable(reason)
 
 
 def _port_open(host: str, port: int) -> bool:
