@@ -133,7 +133,7 @@ def test_defaults_of_new_keys(tmp_path: Path) -> None:
     assert cfg.mqtt == MqttConfig()
     assert cfg.journal == JournalConfig()
     assert cfg.log == LogConfig(level="info", format="auto")
-    assert cfg.transfer == TransferConfig(protocol="nc", tls=None, stall_timeout=600.0, rate_limit=None)
+    assert cfg.transfer == TransferConfig(protocol="vpsadmind", tls=None, stall_timeout=600.0, rate_limit=None)
     assert cfg.metrics == MetricsConfig(enabled=False, listen="127.0.0.1", port=9310)
 
 

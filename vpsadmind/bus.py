@@ -21,6 +21,7 @@ topic                                     dir    qos  retain  payload
 ``<p>/nodes/wake``                        in     1    no      broadcast wake-up of every node
 ``<p>/node/<server_id>/transactions``     out    1    no      one event per finished transaction
 ``<p>/chain/<chain_id>/state``            out    1    no      chain state change
+``<p>/node/<server_id>/progress``         out    0    no      bytes/rate/eta of a running stream
 ``<p>/node/<server_id>/status``           out    1    yes     online / offline (also the Last Will)
 ========================================  =====  ===  ======  ======================================
 """
@@ -258,6 +259,10 @@ class Bus:
     def transaction_event(self, payload: dict[str, Any]) -> None:
         """Publish one finished transaction (``server_id`` defaults to this node)."""
         self.publish(f"node/{self._server_id}/transactions", {"server_id": self._server_id, **payload}, qos=1)
+
+    def progress_event(self, payload: dict[str, Any]) -> None:
+        """Publish the progress of one stream (a transfer or download; qos 0: the next tick supersedes it)."""
+        self.publish(f"node/{self._server_id}/progress", {"server_id": self._server_id, **payload})
 
     def chain_event(self, chain_id: int, payload: dict[str, Any]) -> None:
         """Publish a chain state change (``chain`` defaults to ``chain_id``)."""

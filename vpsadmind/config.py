@@ -170,9 +170,10 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True)
 class TransferConfig:
-    """Dataset transfers between nodes; ``nc`` is v2.0's wire format (plain netcat, works with Ruby nodes)."""
+    """Dataset transfers between nodes: ``vpsadmind`` (authenticated, framed, optional TLS, see
+    vpsadmind/transfer/wire.py) or ``nc``, v2.0's wire format (a plain stream, works with Ruby nodes)."""
 
-    protocol: str = "nc"  # nc | vpsadmind
+    protocol: str = "vpsadmind"  # vpsadmind | nc (v2.0's plain stream, to talk to Ruby nodes)
     tls: TlsConfig | None = None
     stall_timeout: float = 600.0
     rate_limit: int | None = None  # bytes per second, None = unlimited
@@ -265,7 +266,7 @@ def defaults() -> dict[str, Any]:
         "remote": {"socket": "/var/run/vpsadmind.sock"},
         "mqtt": asdict(MqttConfig()),
         "journal": asdict(JournalConfig()),
-        "transfer": {"protocol": "nc", "tls": None, "stall_timeout": 600, "rate_limit": None},
+        "transfer": {"protocol": "vpsadmind", "tls": None, "stall_timeout": 600, "rate_limit": None},
         "metrics": asdict(MetricsConfig()),
         "log": asdict(LogConfig()),
     }

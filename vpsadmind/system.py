@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from vpsadmind.errors import AgentError
 
-__all__ = ["CommandFailed", "CommandTimeout", "Completed", "run", "CallLog", "record_calls"]
+__all__ = ["CommandFailed", "CommandTimeout", "Completed", "run", "spawn", "CallLog", "record_calls"]
 
 _MAX_OUTPUT = 64 * 1024 * 1024
 
@@ -107,3 +107,19 @@ async def run(argv: Sequence[str], *, valid_rcs: Sequence[int] = (0,), timeout: 
     if rc not in valid_rcs:
         raise CommandFailed(args, rc, done.stdout, done.stderr)
     return done
+
+
+async def spawn(argv: Sequence[str], *, stdin: int | None = None, stdout: int | None = None,
+                stderr: int | None = None, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """Start ``argv`` with the given file descriptors (``asyncio.subprocess.PIPE``/``DEVNULL`` or a real fd)
+    and return it running: for streams (``zfs send``/``recv``) that the caller wires and waits for itself.
+    The call is recorded like :func:`run`'s."""
+    args = [str(a) for a in argv]
+    if not args or not args[0]:
+        raise AgentError("empty command")
+    for log in _logs:
+        log.calls.append(args)
+    return await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
+        stdout=asyncio.subprocess.DEVNULL if stdout is None else stdout,
+        stderr=asyncio.subprocess.PIPE if stderr is None else stderr, env=env)

@@ -246,6 +246,13 @@ def _state(daemon: DaemonLike, engine: Engine | None) -> dict[str, Any]:
     return {"run": code == 0 and not paused, "pause": pause, "status": code}
 
 
+def _streams(engine: Engine | None) -> list[dict[str, Any]]:
+    """Running transfers and downloads with bytes, rate and estimate (vpsadmind/progress.py)."""
+    ctx = getattr(engine, "ctx", None)
+    progress = getattr(ctx, "progress", None)
+    return progress.items() if progress is not None else []
+
+
 @command("status")
 async def cmd_status(daemon: DaemonLike, params: dict[str, Any]) -> dict[str, Any]:
     engine = daemon.engine
@@ -266,6 +273,7 @@ async def cmd_status(daemon: DaemonLike, params: dict[str, Any]) -> dict[str, An
         "queue_size": await _queue_size(engine) if engine is not None else None,
         "server_id": daemon.config.server_id,
         "stats": dict(engine.stats) if engine is not None else {},
+        "transfers": _streams(engine),
     }
 
 

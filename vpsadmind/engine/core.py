@@ -30,7 +30,8 @@ from vpsadmind.engine.runner import handler_name, make_handler, run_transaction
 from vpsadmind.engine.save import SaveOutcome, save_result
 from vpsadmind.engine.select import claim, find_interrupted, select_candidates
 from vpsadmind.errors import AgentError, NodeLocked
-from vpsadmind.handlers.base import Handler, HandlerContext
+from vpsadmind.handlers.base import START_HOOKS, Handler, HandlerContext
+from vpsadmind.progress import ProgressBoard, ProgressSink
 
 __all__ = ["Engine", "EventSink", "Running", "DB_VERSION"]
 
@@ -66,7 +67,8 @@ class Engine:
         self.queues = Queues(config.queues)
         self.journal = Journal(config.journal.path)
         self.node_lock = NodeLock(self.db, self.server_id)
-        self.ctx = HandlerContext(config=config, db=self.db, block_chain=self.block_chain)
+        self.ctx = HandlerContext(config=config, db=self.db, block_chain=self.block_chain,
+                                  progress=ProgressBoard(self._progress_sink))
         self.running: dict[int, Running] = {}
         self.blockers: dict[int, set[asyncio.Task[Any]]] = {}
         # Strong references: a worker that left ``running`` may still be claiming its chain's next step,
@@ -83,6 +85,10 @@ class Engine:
         self._host = socket.gethostname()
         self._lock_checked = 0.0
 
+    def _progress_sink(self) -> ProgressSink | None:
+        # The daemon plugs its bus in after construction; an events sink without progress just gets none.
+        return self.events if hasattr(self.events, "progress_event") else None  # type: ignore[return-value]
+
     # ---- life cycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -94,7 +100,15 @@ class Engine:
         await self.wait_db_version()
         await self.replay_journal()
         await self.recover()
+        await self._run_start_hooks()
         self._wake.set()  # the first poll right away: queued work must not wait a check_interval
+
+    async def _run_start_hooks(self) -> None:
+        for hook in START_HOOKS:
+            try:
+                await hook(self.ctx)
+            except Exception:  # a hook must not keep the node from serving its queue
+                log.exception("start_hook_failed", hook=f"{hook.__module__}.{hook.__qualname__}")
 
     async def _connect(self) -> None:
         attempt = 0
@@ -172,7 +186,12 @@ class Engine:
         self._stopping = True
         self._wake.set()
         tasks: list[asyncio.Task[Any]] = list(self._workers)
-        tasks += [t for ts in self.blockers.values() for t in ts]
+        # Chain blockers (transfer receivers) may wait for hours; they are recorded in the database and
+        # resumed at the next start, so they end now instead of holding the stop for its whole timeout.
+        blockers = [t for ts in self.blockers.values() for t in ts]
+        for task in blockers:
+            task.cancel()
+        tasks += blockers
         if tasks:
             log.info("stopping_wait", running=len(tasks), timeout=timeout)
             _done, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -224,7 +243,14 @@ class Engine:
         return self.queues.get(ROLLBACK_QUEUE if t.direction is Direction.ROLLBACK else t.queue)
 
     def _may_start(self, t: Transaction, queue: Queue, now: float) -> bool:
-        if t.chain_id in self.running or self.chain_blocked(t.chain_id):
+        if t.chain_id in self.running:
+            return False
+        if self.chain_blocked(t.chain_id):
+            if t.direction is Direction.ROLLBACK:
+                # The chain is rolling back: what still runs for it (a receiver waiting for a sender that
+                # failed) has no purpose any more. Its end wakes the engine, and the rollback starts then.
+                for task in self.blockers.get(t.chain_id, ()):
+                    task.cancel()
             return False
         return queue.started(now) and queue.has_slot(t.urgent)
 

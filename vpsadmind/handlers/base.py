@@ -18,6 +18,7 @@ import structlog
 
 from vpsadmind.engine.model import Direction, Result, Transaction, TSuccess
 from vpsadmind.errors import AgentError
+from vpsadmind.progress import ProgressBoard
 
 if TYPE_CHECKING:
     from vpsadmind.config import Config
@@ -31,6 +32,8 @@ __all__ = [
     "Recovery",
     "handler",
     "import_handler_modules",
+    "on_start",
+    "START_HOOKS",
     "ok",
     "warning",
     "failed",
@@ -71,10 +74,14 @@ class HandlerContext:
     """What a handler may use: configuration, database, its logger and the chain blocker of the engine."""
 
     def __init__(self, *, config: Config, db: Database,
-                 block_chain: Callable[[int, Awaitable[Any]], asyncio.Task[Any]] | None = None) -> None:
+                 block_chain: Callable[[int, Awaitable[Any]], asyncio.Task[Any]] | None = None,
+                 progress: ProgressBoard | None = None) -> None:
         self.config = config
         self.db = db
         self._block_chain = block_chain
+        self.progress = progress or ProgressBoard()
+        # Node-wide services that handlers share (the transfer receivers, ...), keyed by their module.
+        self.services: dict[str, Any] = {}
         self.log = structlog.get_logger("vpsadmind.handler")
 
     @property
@@ -145,8 +152,21 @@ def handler(code: int) -> Callable[[H], H]:
     return register
 
 
+StartHook = Callable[[HandlerContext], Awaitable[None]]
+#: Coroutines run once at daemon start, after interrupted transactions were recovered (in registration order).
+START_HOOKS: list[StartHook] = []
+
+
+def on_start(fn: StartHook) -> StartHook:
+    """Register a start hook of a handler module (e.g. transfers release stale holds and listen again)."""
+    if fn not in START_HOOKS:
+        START_HOOKS.append(fn)
+    return fn
+
+
 DEFAULT_HANDLER_MODULES = ("vpsadmind.handlers.utils", "vpsadmind.handlers.pool", "vpsadmind.handlers.dataset",
-                           "vpsadmind.handlers.branch", "vpsadmind.handlers.firewall", "vpsadmind.handlers.shaper")
+                           "vpsadmind.handlers.branch", "vpsadmind.handlers.firewall", "vpsadmind.handlers.shaper",
+                           "vpsadmind.handlers.transfer")
 
 
 def import_handler_modules(extra: list[str] | tuple[str, ...] = ()) -> None:

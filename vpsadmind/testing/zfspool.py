@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -106,12 +107,23 @@ class TempPool:
             try:
                 await system.run([self.zfs.zpool_bin, "destroy", self.name], timeout=60)
             except CommandFailed:
-                # Raises if even -f fails; the directory (and its vdev) then stays for a look.
-                await system.run([self.zfs.zpool_bin, "destroy", "-f", self.name], timeout=60)
+                await self._force_destroy()
             self.created = False
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = ""
+
+    async def _force_destroy(self, attempts: int = 5) -> None:
+        """``zpool destroy -f``; zfs-fuse may call a pool busy for a moment after its last receive or
+        unmount, so "busy" is retried. Raises if it never works: the directory then stays for a look."""
+        for attempt in range(attempts):
+            try:
+                await system.run([self.zfs.zpool_bin, "destroy", "-f", self.name], timeout=60)
+                return
+            except CommandFailed as exc:
+                if "busy" not in exc.stderr or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
 
     def path(self, *parts: str) -> str:
         """``<pool>/<parts...>``."""

@@ -1,0 +1,258 @@
+"""The sending end of a transfer (Send, 5221) and the same-node pipe (LocalSend, 5223).
+
+:func:`send` connects to the receiver that Recv left on ``addr:port``, proves it knows the transfer's secret
+(``protocol: vpsadmind``), streams ``zfs send`` in frames and returns the receiver's verdict, so a Send that
+succeeds means the stream was received by ``zfs recv``, not only written into a socket. A connection that
+breaks is retried (:data:`RETRIES` times): from the receiver's resume token where resumable receive exists,
+from the start elsewhere. A failure of ``zfs send`` itself, a stall, a rejected handshake or a ``zfs recv``
+that refused a complete stream are not retried: the transaction fails and the chain rolls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+
+from vpsadmind import system
+from vpsadmind.config import TransferConfig
+from vpsadmind.progress import Progress, ProgressBoard
+from vpsadmind.transfer import wire
+from vpsadmind.transfer.errors import AuthRejected, ProtocolError, RemoteFailed, StreamBroken, TransferError
+from vpsadmind.transfer.pump import (
+    Abort,
+    ReaderGone,
+    Throttle,
+    new_pipe,
+    pipe_to_pipe,
+    pipe_to_socket,
+    send_end,
+    watched,
+)
+from vpsadmind.transfer.receiver import HANDSHAKE_TIMEOUT
+
+__all__ = ["SendSpec", "SendResult", "send", "local_send", "RETRIES", "CONNECT_WAIT"]
+
+RETRIES: Final = 3
+CONNECT_WAIT: Final = 30.0
+log = structlog.get_logger("vpsadmind.transfer")
+
+
+@dataclass(frozen=True, slots=True)
+class SendSpec:
+    chain_id: int
+    transaction_id: int
+    addr: str
+    port: int
+    secret: str | None       # None with protocol nc
+    snapshot: str            # the last snapshot, full name
+    base: str | None         # the common snapshot of an incremental stream
+    guid: str | None         # of ``snapshot``: what RecvCheck compares on the other side
+    estimate: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    bytes: int
+    seconds: float
+    attempts: int
+    resumed: bool
+
+    @property
+    def rate(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+async def send(spec: SendSpec, *, argv_for: Any, config: TransferConfig, board: ProgressBoard,
+               resumable: bool) -> SendResult:
+    """Stream to the receiver; ``argv_for(token)`` gives the ``zfs send`` argv (resuming from ``token``)."""
+    framed = config.protocol != "nc"
+    progress = board.open("send", chain_id=spec.chain_id, transaction_id=spec.transaction_id,
+                          label=f"{spec.snapshot} -> {spec.addr}:{spec.port}", total=spec.estimate)
+    started = time.monotonic()
+    error: str | None = None
+    try:
+        for attempt in range(1, RETRIES + 2):
+            try:
+                resumed = await _attempt(spec, argv_for, config, progress, framed=framed, resumable=resumable)
+                return SendResult(progress.done, time.monotonic() - started, attempt, resumed)
+            except (StreamBroken, ConnectionError) as exc:
+                if not framed or attempt > RETRIES:
+                    raise
+                log.warning("transfer_retry", chain=spec.chain_id, attempt=attempt, error=str(exc))
+                await asyncio.sleep(min(2.0 ** attempt, 10.0))
+        raise AssertionError("unreachable")
+    except BaseException as exc:
+        error = str(exc) or type(exc).__name__
+        raise
+    finally:
+        board.close(progress, error=error)
+
+
+async def _connect(addr: str, port: int) -> socket.socket:
+    """Connect, waiting up to CONNECT_WAIT for a receiver that is not listening yet (its daemon restarts)."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + CONNECT_WAIT
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (addr, port)), HANDSHAKE_TIMEOUT)
+            return sock
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise TransferError(f"cannot connect to the receiver at {addr}:{port}: {exc}") from exc
+            await asyncio.sleep(0.5)
+
+
+def _handshake(sock: socket.socket, spec: SendSpec, resumable: bool) -> str | None:
+    """Prove the secret; returns the receiver's resume token (None: start from the beginning)."""
+    greeting = wire.recv_line(sock, what="greeting")
+    nonce = greeting.get("nonce")
+    if greeting.get("proto") != wire.PROTO or not isinstance(nonce, str):
+        raise ProtocolError(f"{spec.addr}:{spec.port} is not a vpsadmind receiver: {greeting!r:.120}")
+    assert spec.secret is not None
+    wire.send_line(sock, {"chain": spec.chain_id, "mac": wire.mac(spec.secret, nonce), "guid": spec.guid,
+                          "estimate": spec.estimate, "resume": resumable})
+    answer = wire.recv_line(sock, what="answer to the handshake")
+    if answer.get("ok") is not True:
+        raise AuthRejected(f"the receiver at {spec.addr}:{spec.port} refused the transfer: {answer!r:.120}")
+    token = answer.get("token")
+    return token if isinstance(token, str) and token else None
+
+
+async def _attempt(spec: SendSpec, argv_for: Any, config: TransferConfig, progress: Progress, *,
+                   framed: bool, resumable: bool) -> bool:
+    sock = await _connect(spec.addr, spec.port)
+    try:
+        sock.setblocking(True)
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        if config.tls is not None and framed:
+            sock = await asyncio.to_thread(wire.client_context(config.tls).wrap_socket, sock)
+        token = await asyncio.to_thread(_handshake, sock, spec, resumable) if framed else None
+        if token is None:
+            progress.done = 0  # a new stream from the start
+        await _stream(sock, argv_for(token), config, progress, framed=framed)
+        return token is not None
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+async def _stream(sock: socket.socket, argv: list[str], config: TransferConfig, progress: Progress, *,
+                  framed: bool) -> None:
+    r, w = new_pipe()
+    try:
+        proc = await system.spawn(argv, stdout=w)
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    abort = Abort()
+    abort.sockets.append(sock)
+    abort.processes.append(proc)
+    sock.settimeout(config.stall_timeout + 5)
+    throttle = Throttle(config.rate_limit)
+
+    def copy() -> int:
+        try:
+            return pipe_to_socket(r, sock, progress, throttle, framed=framed)
+        finally:
+            os.close(r)
+
+    try:
+        await watched(copy, progress, abort, stall_timeout=config.stall_timeout)
+    except StreamBroken as exc:
+        abort("the stream broke")
+        await proc.wait()
+        answer = await asyncio.to_thread(_early_answer, sock) if framed else None
+        if answer is not None and answer.get("ok") is False:
+            raise RemoteFailed(f"zfs recv on the receiver failed: {answer.get('error')}") from exc
+        raise
+    except BaseException:
+        abort("send failed")
+        await proc.wait()
+        raise
+    assert proc.stderr is not None
+    stderr = (await proc.stderr.read()).decode(errors="replace").strip()
+    rc = await proc.wait()
+    if rc != 0:
+        abort("zfs send failed")  # no end mark: the receiver discards what it got
+        raise TransferError(f"{' '.join(argv)} exited with {rc}: {stderr}")
+    await _conclude(sock, config, framed=framed)
+
+
+def _early_answer(sock: socket.socket) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, TransferError):
+        sock.settimeout(2.0)
+        return wire.recv_line(sock, what="result")
+    return None
+
+
+async def _conclude(sock: socket.socket, config: TransferConfig, *, framed: bool) -> None:
+    """The end mark and the receiver's verdict (nc mode: half-close and wait for the receiver to close)."""
+    sock.settimeout(config.stall_timeout)
+    if not framed:
+        def drain() -> None:
+            sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):
+                    pass
+        await asyncio.to_thread(drain)
+        return
+    await asyncio.to_thread(send_end, sock)
+    answer = await asyncio.to_thread(wire.recv_line, sock, what="result")
+    if answer.get("ok") is not True:
+        raise RemoteFailed(f"zfs recv on the receiver failed: {answer.get('error')}")
+
+
+async def local_send(send_argv: list[str], recv_argv: list[str], *, progress: Progress,
+                     config: TransferConfig) -> int:
+    """``zfs send | zfs recv`` on this node, the bytes spliced through a counting thread."""
+    r1, w1 = new_pipe()
+    r2, w2 = new_pipe()
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        procs.append(await system.spawn(send_argv, stdout=w1))
+        procs.append(await system.spawn(recv_argv, stdin=r2))
+    except BaseException:
+        for fd in (r1, w2):
+            os.close(fd)
+        raise
+    finally:
+        os.close(w1)
+        os.close(r2)
+    abort = Abort()
+    abort.processes.extend(procs)
+
+    def copy() -> int:
+        try:
+            return pipe_to_pipe(r1, w2, progress, Throttle(config.rate_limit))
+        except (BrokenPipeError, ReaderGone):
+            return progress.done  # zfs recv ended early: its status says why
+        finally:
+            os.close(r1)
+            os.close(w2)
+
+    try:
+        await watched(copy, progress, abort, stall_timeout=config.stall_timeout)
+    except BaseException:
+        abort("local send failed")
+        raise
+    finally:
+        outputs = [await p.communicate() for p in procs]
+    failures = [f"{' '.join(argv)} exited with {p.returncode}: {err.decode(errors='replace').strip()}"
+                for argv, p, (_, err) in zip((send_argv, recv_argv), procs, outputs, strict=True)
+                if p.returncode != 0]
+    if failures:
+        raise TransferError("; ".join(failures))
+    return progress.done
