@@ -71,6 +71,9 @@ def _zfs(store: Store, args: list[str]) -> int:
 def run(program: str, args: list[str]) -> int:
     """Run one ``zfs``/``zpool`` command line; prints like the real tool and returns its exit code."""
     try:
+        from vpsadmind.testing.fakezfs.dialect import check
+
+        check()
         store = Store.from_env()
         if program == "zpool":
             from vpsadmind.testing.fakezfs.zpool import main_zpool

@@ -208,6 +208,7 @@ def destroy_fs_data(store: Store, ps: PoolState, name: str) -> None:
     for snapname in list(rec.snaps):
         destroy_snapshot_data(ps, f"{name}@{snapname}")
     shutil.rmtree(ps.data_dir(rec.id), ignore_errors=True)
+    ps.partial_path(rec.id).unlink(missing_ok=True)          # bytes of an interrupted ``recv -s``, if any
     del ps.datasets[name]
 
 

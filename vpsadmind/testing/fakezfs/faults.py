@@ -5,7 +5,10 @@ Kinds:
 - ``nospace``: the matching command fails with zfs's "out of space" (rc 1) instead of changing anything;
 - ``busy``: the matching command fails with "dataset is busy" (rc 1), e.g. destroy/rename N times, then works;
 - ``slow``: sleep ``seconds`` before the command runs;
-- ``break_send``: ``zfs send`` writes ``after_bytes`` bytes of the stream, then fails (rc 1).
+- ``break_send``: ``zfs send`` writes ``after_bytes`` bytes of the stream, then fails (rc 1). It works on
+  ``zfs send -t <token>`` too (OpenZFS dialect; rc 255 there): the bytes count from the start of that resumed
+  stream, its resume header included, and the dataset glob is tried against the snapshot the token names. Each
+  send takes one firing, so ``count=2`` (or two injections) breaks a transfer and then its first resumption.
 
 A fault matches by ``verb`` (a zfs/zpool subcommand, ``*`` for any; ``receive`` is ``recv``) and ``dataset`` (an
 fnmatch glob tried against the command's dataset operands), and fires ``remaining`` more times (None = always).

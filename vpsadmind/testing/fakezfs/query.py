@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from vpsadmind.testing.fakezfs import dialect
 from vpsadmind.testing.fakezfs import props as P
 from vpsadmind.testing.fakezfs import state as S
 from vpsadmind.testing.fakezfs.errors import UsageError
@@ -19,6 +20,8 @@ __all__ = ["resolve", "cmd_list", "cmd_get", "Ctx"]
 _NA = ("-", "-")
 _FIXED = {"version": "4", "compressratio": "1.00x", "mlslabel": "off"}
 _SETONCE = ("utf8only", "normalization", "casesensitivity")
+# OpenZFS dialect only, and only when asked for by name (not in ``get all``): "-" or the token of a partial receive
+_RESUME_PROP = "receive_resume_token"
 
 
 @dataclass
@@ -35,6 +38,9 @@ class Ctx:
 
 def resolve(ctx: Ctx, name: str, prop: str) -> tuple[str, str]:
     """(raw value, source) of ``prop`` on a filesystem or snapshot, as ``zfs get -p`` prints them."""
+    if prop == _RESUME_PROP:
+        rec = None if "@" in name else ctx.ps.datasets[name]
+        return (rec.resume["token"] if rec is not None and rec.resume else "-"), "-"
     if "@" in name:
         return _snap_prop(ctx, name, prop)
     return _fs_prop(ctx, name, prop)
@@ -193,6 +199,8 @@ def _check_prop(name: str, command: str, message: str = "bad property list: inva
     pdef = P.lookup(name)
     if pdef is not None:
         return pdef.name
+    if name == _RESUME_PROP and dialect.openzfs():
+        return name
     if P.is_user_prop(name):
         return name
     raise UsageError(message.format(name), command)

@@ -7,6 +7,7 @@ Layout under ``$FAKE_ZFS_ROOT``::
     pools/<pool>/data/<id>/     contents of an *unmounted* filesystem (a mounted one lives at its mountpoint)
     pools/<pool>/snap/<id>/     frozen copy of a snapshot; snap/<id>.json is its manifest
     pools/<pool>/tmp/           staging area of ``zfs recv``
+    pools/<pool>/resume/<id>    bytes kept by an interrupted ``zfs recv -s`` into filesystem <id> (OpenZFS dialect)
     faults.json                 injected faults (see faults.py)
 """
 
@@ -63,6 +64,7 @@ class FsRec:
     mounted: bool = False
     clean_fp: str | None = None                               # fingerprint of the contents at the last snapshot
     snaps: dict[str, SnapRec] = field(default_factory=dict)
+    resume: dict[str, Any] | None = None                     # pending ``recv -s`` state (see resume.py)
 
     def ordered_snaps(self) -> list[tuple[str, SnapRec]]:
         return sorted(self.snaps.items(), key=lambda kv: (kv[1].createtxg, kv[1].id))
@@ -149,6 +151,9 @@ class PoolState:
 
     def manifest_path(self, snap_id: int) -> Path:
         return self.dir / "snap" / f"{snap_id}.json"
+
+    def partial_path(self, fs_id: int) -> Path:
+        return self.dir / "resume" / str(fs_id)
 
     def tmp_dir(self) -> Path:
         path = self.dir / "tmp"

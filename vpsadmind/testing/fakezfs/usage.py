@@ -1,7 +1,13 @@
-"""Usage texts, copied from zfs-fuse 0.7.0 (``zfs``/``zpool`` print them on stderr with rc 2)."""
+"""Usage texts, copied from zfs-fuse 0.7.0 (``zfs``/``zpool`` print them on stderr with rc 2).
+
+In the OpenZFS dialect (see dialect.py) the ``send`` and ``receive`` lines are OpenZFS 2.x's instead: they list
+``send -t <receive_resume_token>`` and ``receive -s``/``-A``, which is how vpsadmind's capability probe finds
+resumable receive. The rest of the text stays zfs-fuse's.
+"""
 
 from __future__ import annotations
 
+from vpsadmind.testing.fakezfs import dialect
 from vpsadmind.testing.fakezfs.props import usage_table
 
 __all__ = ["render", "ZFS_COMMANDS", "ZPOOL_COMMANDS"]
@@ -45,6 +51,17 @@ _ZFS = {
     "hold": "\thold [-r] <tag> <snapshot> ...\n",
     "holds": "\tholds [-r] <snapshot> ...\n",
     "release": "\trelease [-r] <tag> <snapshot> ...\n",
+}
+# OpenZFS 2.x's lines for the commands whose flags vpsadmind probes (the rest of its usage is not modelled).
+_OPENZFS = {
+    "send": "\tsend [-DnPpRvLecwhb] [-[i|I] snapshot] <snapshot>\n"
+            "\tsend [-DnvPLecw] [-i snapshot|bookmark] <filesystem|volume|snapshot>\n"
+            "\tsend [-DnvPe] -t <receive_resume_token>\n",
+    "receive": "\treceive [-vMnsFhu] [-o <property>=<value>] ... [-x <property>] ...\n"
+               "\t    <filesystem|volume|snapshot>\n"
+               "\treceive [-vMnsFhu] [-o <property>=<value>] ... [-x <property>] ... \n"
+               "\t    [-d | -e] <filesystem>\n"
+               "\treceive -A <filesystem|volume>\n",
 }
 _ZFS_GROUPS = (
     ("create", "destroy"),
@@ -112,8 +129,12 @@ def _zpool_table() -> str:
     return "\nthe following properties are supported:\n\n\tPROPERTY         EDIT   VALUES\n\n" + rows
 
 
+def _zfs_table() -> dict[str, str]:
+    return {**_ZFS, **_OPENZFS} if dialect.openzfs() else _ZFS
+
+
 def _top(program: str) -> str:
-    table, groups = (_ZFS, _ZFS_GROUPS) if program == "zfs" else (_ZPOOL, _ZPOOL_GROUPS)
+    table, groups = (_zfs_table(), _ZFS_GROUPS) if program == "zfs" else (_ZPOOL, _ZPOOL_GROUPS)
     text = f"usage: {program} command args ...\nwhere 'command' is one of the following:\n\n"
     text += "\n".join("".join(table[c].rstrip("\n") + "\n" for c in group) for group in groups)
     if program == "zfs":
@@ -130,5 +151,5 @@ def render(program: str, command: str, message: str) -> str:
         body = "usage:\n" + _ZPOOL[command]
         return head + body + (_zpool_table() if command in ("list", "get") else "")
     command = {"recv": "receive", "umount": "unmount"}.get(command, command)
-    body = "usage:\n" + _ZFS[command]
+    body = "usage:\n" + _zfs_table()[command]
     return head + body + (usage_table() if command in _ZFS_PROP_COMMANDS else _ZFS_TAIL)
