@@ -333,7 +333,8 @@ class Send(Handler[SendParams]):
         taken = await holds.take(zfs, store, [s for s in (base, last) if s], chain_id=t.chain_id,
                                  transaction_id=t.t_id)
         try:
-            result = await send(spec, argv_for=lambda token: zfs.send_argv(last, base=base, resume_token=token),
+            result = await send(spec, argv_for=lambda token, since: zfs.send_argv(last, base=since or base,
+                                                                                    resume_token=token),
                                 config=cfg, board=self.ctx.progress, resumable=zfs.caps.resumable_receive)
         except TransferError as exc:
             raise fail(str(exc), addr=p.addr, port=p.port, snapshot=last) from exc

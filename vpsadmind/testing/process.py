@@ -23,17 +23,21 @@ def write_config(path: Path, settings: TestDbSettings, database: str, *, server_
                  check_interval: float = 0.1, mqtt: dict[str, Any] | None = None,
                  extra_vpsadmin: dict[str, Any] | None = None, db_extra: dict[str, Any] | None = None,
                  hosts: list[str] | None = None, log_level: str = "info",
-                 control_socket: Path | None = None, bin: dict[str, str] | None = None) -> Path:
+                 control_socket: Path | None = None, bin: dict[str, str] | None = None,
+                 sections: dict[str, Any] | None = None) -> Path:
     """A daemon config for tests; the control socket defaults to a file beside the config so that several
     test daemons on one machine do not collide on /var/run/vpsadmind.sock. ``bin`` overrides paths of the
-    ``bin`` section (e.g. ``{"zfs": ..., "zpool": ...}`` pointing at fake-zfs)."""
+    ``bin`` section (e.g. ``{"zfs": ..., "zpool": ...}`` pointing at fake-zfs); ``sections`` adds or replaces
+    whole top-level sections (``queues``, ``transfer``, ...)."""
     cfg: dict[str, Any] = {
         "db": {"hosts": hosts or [f"{settings.host}:{settings.port}"], "user": settings.user,
                "pass": settings.password, "name": database, "retry_interval": 1, "connect_timeout": 2,
                **(db_extra or {})},
+        # init and track_transfers off: a test daemon must not touch the iptables and tc of the machine it
+        # runs on (a test that wants them points bin.iptables/tc into a network namespace)
         "vpsadmin": {"server_id": server_id, "check_interval": check_interval, "shutdown_timeout": 10,
                      "handler_modules": ["vpsadmind.testing.handlers"], "db_version_interval": 0.5,
-                     **(extra_vpsadmin or {})},
+                     "init": False, "track_transfers": False, **(extra_vpsadmin or {})},
         "journal": {"path": str(journal)},
         "mqtt": mqtt or {"enabled": False},
         "log": {"level": log_level, "format": "json"},
@@ -41,6 +45,7 @@ def write_config(path: Path, settings: TestDbSettings, database: str, *, server_
     }
     if bin:
         cfg["bin"] = dict(bin)
+    cfg.update(sections or {})
     path.write_text(yaml.safe_dump(cfg))
     return path
 

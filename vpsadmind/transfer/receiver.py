@@ -104,10 +104,8 @@ class Receiver:
             for task in list(self._sessions):
                 task.cancel()
             await asyncio.gather(accept, *self._sessions, return_exceptions=True)
+            # The row keeps its state: a daemon stopped while listening listens again at its next start.
             self.listener.close()
-            if self.outcome is None:
-                with contextlib.suppress(Exception):
-                    await self.store.update(self.spec.row_id, state="closed")
         return self.outcome
 
     async def _accept_loop(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
@@ -189,7 +187,8 @@ class Receiver:
                 error = "the stream ended before its end mark"
                 await self.store.update(spec.row_id, state="listening", error=error)
                 return
-            await self._finish(sock, hello, proc.returncode or 0, stderr.decode(errors="replace"), progress)
+            await self._finish(sock, hello, proc.returncode or 0, stderr.decode(errors="replace"), progress,
+                               resumed=token is not None)
             if ended == "recv-died":
                 await asyncio.to_thread(_linger, sock)
         except Stalled as exc:
@@ -237,9 +236,19 @@ class Receiver:
         return await watched(copy, progress, abort, stall_timeout=self.config.stall_timeout)
 
     async def _finish(self, sock: socket.socket, hello: dict[str, Any], rc: int, stderr: str,
-                      progress: Any) -> None:
+                      progress: Any, *, resumed: bool) -> None:
         spec = self.spec
         guid = hello.get("guid")
+        latest = None
+        if rc == 0 and resumed:  # a resumed -I stream ends with the snapshot it broke in: say which
+            snaps = await self.zfs.snapshots(spec.target)
+            latest = snaps[-1].short if snaps else None
+            if latest is not None and snaps[-1].guid != _int(guid):
+                self.outcome = None
+                await self.store.update(spec.row_id, state="listening", nbytes=progress.done)
+                with contextlib.suppress(StreamBroken):
+                    await asyncio.to_thread(wire.send_line, sock, {"ok": True, "latest": latest})
+                return
         if rc == 0:
             self.outcome = "received"
             await self.store.update(spec.row_id, state="received", nbytes=progress.done,
@@ -266,3 +275,10 @@ def _linger(sock: socket.socket, seconds: float = 5.0) -> None:
         sock.settimeout(seconds)
         while sock.recv(1024 * 1024):
             pass
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None

@@ -71,23 +71,32 @@ class SendResult:
 
 async def send(spec: SendSpec, *, argv_for: Any, config: TransferConfig, board: ProgressBoard,
                resumable: bool) -> SendResult:
-    """Stream to the receiver; ``argv_for(token)`` gives the ``zfs send`` argv (resuming from ``token``)."""
+    """Stream to the receiver; ``argv_for(token, base)`` gives the ``zfs send`` argv: resuming from
+    ``token``, or incremental from ``base`` instead of the spec's base (the rest after a resumed stream)."""
     framed = config.protocol != "nc"
     progress = board.open("send", chain_id=spec.chain_id, transaction_id=spec.transaction_id,
                           label=f"{spec.snapshot} -> {spec.addr}:{spec.port}", total=spec.estimate)
     started = time.monotonic()
     error: str | None = None
+    attempt, resumed, base = 0, False, None
     try:
-        for attempt in range(1, RETRIES + 2):
+        while True:
+            attempt += 1
             try:
-                resumed = await _attempt(spec, argv_for, config, progress, framed=framed, resumable=resumable)
-                return SendResult(progress.done, time.monotonic() - started, attempt, resumed)
+                token, latest = await _attempt(spec, argv_for, base, config, progress, framed=framed,
+                                               resumable=resumable)
             except (StreamBroken, ConnectionError) as exc:
                 if not framed or attempt > RETRIES:
                     raise
                 log.warning("transfer_retry", chain=spec.chain_id, attempt=attempt, error=str(exc))
                 await asyncio.sleep(min(2.0 ** attempt, 10.0))
-        raise AssertionError("unreachable")
+                continue
+            resumed = resumed or token is not None
+            done = latest is None or f"{spec.snapshot.split('@', 1)[0]}@{latest}" == spec.snapshot
+            if done or attempt > RETRIES + 2:
+                return SendResult(progress.done, time.monotonic() - started, attempt, resumed)
+            # A resumed -I stream completes only the snapshot it broke in: the rest follows from there.
+            base = f"{spec.snapshot.split('@', 1)[0]}@{latest}"
     except BaseException as exc:
         error = str(exc) or type(exc).__name__
         raise
@@ -129,8 +138,10 @@ def _handshake(sock: socket.socket, spec: SendSpec, resumable: bool) -> str | No
     return token if isinstance(token, str) and token else None
 
 
-async def _attempt(spec: SendSpec, argv_for: Any, config: TransferConfig, progress: Progress, *,
-                   framed: bool, resumable: bool) -> bool:
+async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: TransferConfig,
+                   progress: Progress, *, framed: bool, resumable: bool) -> tuple[str | None, str | None]:
+    """One connection; returns the resume token it used and, after a resumed stream, the newest snapshot
+    the receiver has now."""
     sock = await _connect(spec.addr, spec.port)
     try:
         sock.setblocking(True)
@@ -138,17 +149,18 @@ async def _attempt(spec: SendSpec, argv_for: Any, config: TransferConfig, progre
         if config.tls is not None and framed:
             sock = await asyncio.to_thread(wire.client_context(config.tls).wrap_socket, sock)
         token = await asyncio.to_thread(_handshake, sock, spec, resumable) if framed else None
-        if token is None:
+        if token is None and base is None:
             progress.done = 0  # a new stream from the start
-        await _stream(sock, argv_for(token), config, progress, framed=framed)
-        return token is not None
+        answer = await _stream(sock, argv_for(token, base), config, progress, framed=framed)
+        latest = answer.get("latest")
+        return token, latest if isinstance(latest, str) and latest else None
     finally:
         with contextlib.suppress(OSError):
             sock.close()
 
 
 async def _stream(sock: socket.socket, argv: list[str], config: TransferConfig, progress: Progress, *,
-                  framed: bool) -> None:
+                  framed: bool) -> dict[str, Any]:
     r, w = new_pipe()
     try:
         proc = await system.spawn(argv, stdout=w)
@@ -186,9 +198,11 @@ async def _stream(sock: socket.socket, argv: list[str], config: TransferConfig, 
     stderr = (await proc.stderr.read()).decode(errors="replace").strip()
     rc = await proc.wait()
     if rc != 0:
-        abort("zfs send failed")  # no end mark: the receiver discards what it got
-        raise TransferError(f"{' '.join(argv)} exited with {rc}: {stderr}")
-    await _conclude(sock, config, framed=framed)
+        # No end mark: the receiver discards what it got, or keeps it to resume from. A retry (resumed
+        # where possible) may well succeed: a sender killed for good is handled by Send.recover instead.
+        abort("zfs send failed")
+        raise StreamBroken(f"{' '.join(argv)} exited with {rc}: {stderr}")
+    return await _conclude(sock, config, framed=framed)
 
 
 def _early_answer(sock: socket.socket) -> dict[str, Any] | None:
@@ -198,7 +212,7 @@ def _early_answer(sock: socket.socket) -> dict[str, Any] | None:
     return None
 
 
-async def _conclude(sock: socket.socket, config: TransferConfig, *, framed: bool) -> None:
+async def _conclude(sock: socket.socket, config: TransferConfig, *, framed: bool) -> dict[str, Any]:
     """The end mark and the receiver's verdict (nc mode: half-close and wait for the receiver to close)."""
     sock.settimeout(config.stall_timeout)
     if not framed:
@@ -208,11 +222,12 @@ async def _conclude(sock: socket.socket, config: TransferConfig, *, framed: bool
                 while sock.recv(65536):
                     pass
         await asyncio.to_thread(drain)
-        return
+        return {}
     await asyncio.to_thread(send_end, sock)
     answer = await asyncio.to_thread(wire.recv_line, sock, what="result")
     if answer.get("ok") is not True:
         raise RemoteFailed(f"zfs recv on the receiver failed: {answer.get('error')}")
+    return answer
 
 
 async def local_send(send_argv: list[str], recv_argv: list[str], *, progress: Progress,
