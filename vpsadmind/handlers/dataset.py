@@ -19,6 +19,7 @@ from vpsadmind.errors import ParamError
 from vpsadmind.handlers.base import Handler, Outcome, Recovery, handler, ok
 from vpsadmind.handlers.storage_common import (
     TRANSACTION_PROP,
+    SnapshotRef,
     check_component,
     check_dataset,
     check_prop_name,
@@ -575,13 +576,6 @@ class ApplyRollback(Handler[ApplyRollbackParams]):
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotRef:
-    id: int
-    name: str | None = None
-    confirmed: int | str | bool | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class DestroySnapshotParams:
     pool_fs: str
     dataset_name: str
@@ -599,10 +593,7 @@ class DestroySnapshotParams:
             check_snapshot("snapshot.name", self.snapshot.name)
 
     def confirmed(self) -> bool:
-        """v2.0: the name in params counts only when ``confirmed == 1``; the API sends the enum's symbol name
-        (``"confirmed"``) instead, so in practice the name always comes from the database."""
-        c = self.snapshot.confirmed
-        return type(c) is int and c == 1
+        return self.snapshot.known_name() is not None
 
     def path(self) -> str:
         return dataset_path(self.pool_fs, self.dataset_name, self.tree, self.branch)

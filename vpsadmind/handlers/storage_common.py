@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SIZE_MIB_PROPS",
+    "SnapshotRef",
     "TRANSACTION_PROP",
     "check_component",
     "check_dataset",
@@ -154,6 +155,20 @@ def check_prop_name(field_name: str, value: str) -> str:
         return zfs_names.validate_property(value)
     except InvalidName as exc:
         raise _invalid(field_name, exc) from None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRef:
+    """A snapshot in ``t_param``: ``{id, name, confirmed}``."""
+
+    id: int
+    name: str | None = None
+    confirmed: int | str | bool | None = None
+
+    def known_name(self) -> str | None:
+        """v2.0: the name in params counts only when ``confirmed == 1``; the API sends the enum's symbol name
+        (``"confirmed"``) instead, so in practice the name comes from ``snapshots.name``."""
+        return self.name if type(self.confirmed) is int and self.confirmed == 1 else None
 
 
 def dataset_path(pool_fs: str, dataset: str, tree: str | None = None, branch: str | None = None, *,

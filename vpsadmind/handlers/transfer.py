@@ -23,6 +23,7 @@ from vpsadmind.engine.model import Direction
 from vpsadmind.errors import ParamError
 from vpsadmind.handlers.base import Handler, HandlerContext, Outcome, Recovery, handler, ok, on_start
 from vpsadmind.handlers.storage_common import (
+    SnapshotRef,
     check_component,
     check_dataset,
     check_relative,
@@ -40,7 +41,7 @@ from vpsadmind.transfer.store import TransferRow, TransferStore
 from vpsadmind.transfer.wire import new_secret
 from vpsadmind.zfs.driver import Zfs
 
-__all__ = ["Recv", "Send", "RecvCheck", "LocalSend", "SnapshotItem", "resolve_names"]
+__all__ = ["Recv", "Send", "RecvCheck", "LocalSend", "resolve_names"]
 
 log = structlog.get_logger("vpsadmind.transfer")
 _RECEIVERS = "transfer.receivers"
@@ -50,18 +51,7 @@ _RECEIVERS = "transfer.receivers"
 # Params
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotItem:
-    id: int
-    name: str | None = None
-    confirmed: int | str | bool | None = None
-
-    def known_name(self) -> str | None:
-        """v2.0: the name in params counts only when ``confirmed == 1``; otherwise it comes from the DB."""
-        return self.name if type(self.confirmed) is int and self.confirmed == 1 else None
-
-
-def _check_snapshots(snapshots: list[SnapshotItem], field_name: str = "snapshots") -> None:
+def _check_snapshots(snapshots: list[SnapshotRef], field_name: str = "snapshots") -> None:
     if not snapshots:
         raise ParamError("at least one snapshot is needed", field=field_name)
     for i, s in enumerate(snapshots):
@@ -85,23 +75,30 @@ def _check_endpoint(addr: str, port: int) -> None:
         raise ParamError(f"not a TCP port: {port}", field="port")
 
 
+def _check_stream(addr: str, port: int, pool_field: str, pool_fs: str, dataset_name: str, tree: str | None,
+                  branch: str | None, snapshots: list[SnapshotRef]) -> None:
+    """What Recv and Send params share: the endpoint, the pool, the dataset path and the snapshots."""
+    _check_endpoint(addr, port)
+    check_dataset(pool_field, pool_fs)
+    check_relative("dataset_name", dataset_name)
+    _check_branch(tree, branch)
+    _check_snapshots(snapshots)
+    dataset_path(pool_fs, dataset_name, tree, branch)
+
+
 @dataclass(frozen=True, slots=True)
 class RecvParams:
     addr: str
     port: int
     dst_pool_fs: str
     dataset_name: str
-    snapshots: list[SnapshotItem]
+    snapshots: list[SnapshotRef]
     tree: str | None = None
     branch: str | None = None
 
     def __post_init__(self) -> None:
-        _check_endpoint(self.addr, self.port)
-        check_dataset("dst_pool_fs", self.dst_pool_fs)
-        check_relative("dataset_name", self.dataset_name)
-        _check_branch(self.tree, self.branch)
-        _check_snapshots(self.snapshots)
-        self.target()
+        _check_stream(self.addr, self.port, "dst_pool_fs", self.dst_pool_fs, self.dataset_name, self.tree,
+                      self.branch, self.snapshots)
 
     def target(self) -> str:
         return dataset_path(self.dst_pool_fs, self.dataset_name, self.tree, self.branch)
@@ -113,17 +110,13 @@ class SendParams:
     port: int
     src_pool_fs: str
     dataset_name: str
-    snapshots: list[SnapshotItem]
+    snapshots: list[SnapshotRef]
     tree: str | None = None
     branch: str | None = None
 
     def __post_init__(self) -> None:
-        _check_endpoint(self.addr, self.port)
-        check_dataset("src_pool_fs", self.src_pool_fs)
-        check_relative("dataset_name", self.dataset_name)
-        _check_branch(self.tree, self.branch)
-        _check_snapshots(self.snapshots)
-        self.source()
+        _check_stream(self.addr, self.port, "src_pool_fs", self.src_pool_fs, self.dataset_name, self.tree,
+                      self.branch, self.snapshots)
 
     def source(self) -> str:
         return dataset_path(self.src_pool_fs, self.dataset_name, self.tree, self.branch)
@@ -133,7 +126,7 @@ class SendParams:
 class RecvCheckParams:
     dst_pool_fs: str
     dataset_name: str
-    snapshot: SnapshotItem
+    snapshot: SnapshotRef
     tree: str | None = None
     branch: str | None = None
 
@@ -154,7 +147,7 @@ class LocalSendParams:
     dst_pool_fs: str
     src_dataset_name: str
     dst_dataset_name: str
-    snapshots: list[SnapshotItem]
+    snapshots: list[SnapshotRef]
     src_tree: str | None = None
     src_branch: str | None = None
     dst_tree: str | None = None
@@ -184,7 +177,7 @@ class LocalSendParams:
 # Shared pieces
 
 
-async def resolve_names(db: Database, snapshots: list[SnapshotItem]) -> list[str]:
+async def resolve_names(db: Database, snapshots: list[SnapshotRef]) -> list[str]:
     """The real snapshot names, in order: from params where confirmed, else from ``snapshots`` (one query)."""
     missing = [s.id for s in snapshots if s.known_name() is None]
     found: dict[int, str] = {}
