@@ -41,6 +41,7 @@ NODE_TABLES_DDL = (
         `target` VARCHAR(255) NOT NULL,
         `existing` TEXT NOT NULL,
         `target_existed` TINYINT NOT NULL,
+        `remount` TINYINT NOT NULL DEFAULT 0,
         `state` VARCHAR(16) NOT NULL,
         `guid` VARCHAR(32) NULL,
         `bytes` BIGINT NOT NULL DEFAULT 0,

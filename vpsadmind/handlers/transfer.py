@@ -40,6 +40,7 @@ from vpsadmind.transfer.sender import SendSpec, local_send, send
 from vpsadmind.transfer.store import TransferRow, TransferStore
 from vpsadmind.transfer.wire import new_secret
 from vpsadmind.zfs.driver import Zfs
+from vpsadmind.zfs.errors import DatasetNotFound
 
 __all__ = ["Recv", "Send", "RecvCheck", "LocalSend", "resolve_names"]
 
@@ -204,7 +205,8 @@ def _receivers(ctx: HandlerContext) -> dict[int, Receiver]:
 
 
 def _start_receiver(ctx: HandlerContext, zfs: Zfs, row: TransferRow) -> Receiver:
-    spec = ReceiverSpec(row.id, row.chain_id, row.transaction_id, row.addr, row.port, row.secret, row.target)
+    spec = ReceiverSpec(row.id, row.chain_id, row.transaction_id, row.addr, row.port, row.secret, row.target,
+                        row.remount)
     receiver = Receiver(spec, zfs=zfs, store=_store(ctx), config=ctx.config.transfer, progress=ctx.progress)
     receiver.listen()
     running = _receivers(ctx)
@@ -244,16 +246,21 @@ class Recv(Handler[RecvParams]):
         store = _store(self.ctx)
         names = await resolve_names(self.ctx.db, p.snapshots)
         target = p.target()
-        existed = await zfs.exists(target)
-        before = _snapshot_names(await zfs.snapshots(target)) if existed else []
         if t.t_id in _receivers(self.ctx):
             return ok(addr=p.addr, port=p.port, target=target)
+        try:
+            before, existed = _snapshot_names(await zfs.snapshots(target)), True
+        except DatasetNotFound:
+            before, existed = [], False
         old = await store.by_recv(t.t_id)
         secret = old.secret if old is not None else new_secret()
+        remount = old.remount if old is not None else False
         if old is not None:  # a re-run: what was there before the first run is what rollback must keep
             before, existed = old.existing, old.target_existed
+        elif existed and not before:
+            remount = await zfs.prepare_receive(target, snapshots=[])
         await store.register(chain_id=t.chain_id, transaction_id=t.t_id, addr=p.addr, port=p.port, secret=secret,
-                             target=target, existing=before, target_existed=existed)
+                             target=target, existing=before, target_existed=existed, remount=remount)
         row = await store.by_recv(t.t_id)
         assert row is not None
         if len(names) > 1 and names[0] in before:

@@ -8,6 +8,7 @@ hold, which a release tolerates, never a hold without an entry.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from vpsadmind.transfer.store import TransferStore
@@ -24,27 +25,33 @@ def hold_tag(chain_id: int) -> str:
 
 async def take(zfs: Zfs, store: TransferStore, snapshots: Iterable[str], *, chain_id: int,
                transaction_id: int) -> list[tuple[str, str]]:
-    """Hold each of ``snapshots`` (in order, duplicates once); returns the ``(tag, snapshot)`` pairs."""
+    """Hold each of ``snapshots`` (duplicates once; one ``zfs hold``); returns the ``(tag, snapshot)`` pairs."""
     tag = hold_tag(chain_id)
-    taken: list[tuple[str, str]] = []
-    for snap in dict.fromkeys(snapshots):
-        await store.note_hold(tag, snap, chain_id=chain_id, transaction_id=transaction_id)
-        try:
-            await zfs.hold(tag, snap)
-        except HoldExists:
-            pass
-        except ZfsError:
-            await release(zfs, store, [*taken, (tag, snap)])
-            raise
-        taken.append((tag, snap))
-    return taken
+    names = list(dict.fromkeys(snapshots))
+    if not names:
+        return []
+    pairs = [(tag, snap) for snap in names]
+    await store.note_holds(pairs, chain_id=chain_id, transaction_id=transaction_id)
+    try:
+        await zfs.hold(tag, *names)
+    except HoldExists:  # a re-run: some are held already, hold the others one by one
+        for snap in names:
+            with contextlib.suppress(HoldExists):
+                await zfs.hold(tag, snap)
+    except ZfsError:
+        await release(zfs, store, pairs)
+        raise
+    return pairs
 
 
 async def release(zfs: Zfs, store: TransferStore, pairs: Iterable[tuple[str, str]]) -> None:
-    """Release ``pairs``; a hold or snapshot that is already gone is fine."""
+    """Release ``pairs`` (one ``zfs release`` per tag); a hold or snapshot that is already gone is fine."""
+    by_tag: dict[str, list[str]] = {}
     for tag, snap in pairs:
-        await zfs.release(tag, snap, missing_ok=True)
-        await store.forget_hold(tag, snap)
+        by_tag.setdefault(tag, []).append(snap)
+    for tag, snaps in by_tag.items():
+        await zfs.release(tag, *snaps, missing_ok=True)
+        await store.forget_holds(tag, snaps)
 
 
 async def release_all(zfs: Zfs, store: TransferStore, *, chain_id: int | None = None,

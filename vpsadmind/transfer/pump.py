@@ -10,12 +10,14 @@ system call then returns and the loop ends with an error.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import fcntl
 import os
 import select
 import socket
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
@@ -74,10 +76,61 @@ def _write_all(fd: int, data: memoryview) -> None:
         raise ReaderGone(str(exc)) from None
 
 
+def _zero_copy(sock: socket.socket) -> bool:
+    # TLS encrypts in user space, so only a plain socket can take spliced pages
+    return hasattr(os, "splice") and type(sock) is socket.socket
+
+
+def _splice_exact(src: int, dst: int, count: int, *, wait: int, event: int, timeout: float | None) -> int:
+    """Move ``count`` bytes from ``src`` to ``dst`` with ``splice`` (one side is a pipe); returns how many
+    moved before EOF. A socket with a timeout is non-blocking underneath, so EAGAIN waits on ``wait``."""
+    poller = select.poll()
+    poller.register(wait, event)
+    moved = 0
+    while moved < count:
+        try:
+            n = os.splice(src, dst, count - moved)
+        except BlockingIOError:
+            if not poller.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError(f"no progress for {timeout} s") from None
+            continue
+        if n == 0:
+            return moved
+        moved += n
+    return moved
+
+
+def _available(fd: int) -> int:
+    """Bytes waiting in a pipe, after blocking until there is some or EOF (then 0)."""
+    select.select([fd], [], [])
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
+
+
+def _spliced_to_socket(src: int, sock: socket.socket, progress: Progress, throttle: Throttle) -> int:
+    """The framed copy without a user-space copy: each frame is what the pipe holds at that moment."""
+    total, fd, timeout = 0, sock.fileno(), sock.gettimeout()
+    while (n := _available(src)) > 0:
+        if select.select([sock], [], [], 0)[0]:
+            raise EarlyAnswer(f"the receiver answered after {total} bytes")
+        try:
+            sock.sendall(HEADER.pack(n))
+            _splice_exact(src, fd, n, wait=fd, event=select.POLLOUT, timeout=timeout)
+        except OSError as exc:
+            raise StreamBroken(f"sending to the receiver failed after {total} bytes: {exc}") from exc
+        total += n
+        progress.add(n)
+        throttle(total)
+    return total
+
+
 def pipe_to_socket(src: int, sock: socket.socket, progress: Progress, throttle: Throttle, *,
                    framed: bool) -> int:
     """Copy ``src`` (zfs send's stdout) to ``sock`` until EOF; framed (length-prefixed) unless nc mode.
     The end frame is not sent here: only the caller knows whether zfs send succeeded."""
+    if framed and _zero_copy(sock):
+        return _spliced_to_socket(src, sock, progress, throttle)
     total = 0
     while True:
         data = os.read(src, CHUNK)
@@ -119,6 +172,7 @@ def frames_to_pipe(sock: socket.socket, dst: int, progress: Progress, *, framed:
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     header = bytearray(HEADER.size)
+    zero_copy = framed and _zero_copy(sock)
     try:
         while True:
             if not framed:
@@ -135,6 +189,11 @@ def frames_to_pipe(sock: socket.socket, dst: int, progress: Progress, *, framed:
                 return True
             if size > MAX_FRAME:
                 raise ProtocolError(f"a frame of {size} bytes is over the limit of {MAX_FRAME}")
+            if zero_copy:
+                if _splice_into_pipe(sock, dst, size) < size:
+                    return False
+                progress.add(size)
+                continue
             while size:
                 n = _recv_exact(sock, view[:min(size, CHUNK)])
                 if n == 0:
@@ -144,6 +203,14 @@ def frames_to_pipe(sock: socket.socket, dst: int, progress: Progress, *, framed:
                 size -= n
     except (TimeoutError, ConnectionError) as exc:
         raise StreamBroken(f"receiving failed after {progress.done} bytes: {exc}") from exc
+
+
+def _splice_into_pipe(sock: socket.socket, dst: int, size: int) -> int:
+    fd = sock.fileno()
+    try:
+        return _splice_exact(fd, dst, size, wait=fd, event=select.POLLIN, timeout=sock.gettimeout())
+    except BrokenPipeError as exc:  # the pipe's reader, zfs recv, is gone
+        raise ReaderGone(str(exc)) from None
 
 
 def pipe_to_pipe(src: int, dst: int, progress: Progress, throttle: Throttle) -> int:

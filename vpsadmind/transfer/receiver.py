@@ -51,6 +51,7 @@ class ReceiverSpec:
     port: int
     secret: str
     target: str
+    remount: bool = False  # zfs-fuse: Recv unmounted the target for a full receive (Zfs.prepare_receive)
 
 
 class Receiver:
@@ -68,6 +69,7 @@ class Receiver:
         self.listener: socket.socket | None = None
         self.outcome: str | None = None   # received | failed
         self.rejected = 0
+        self.attempts = 0
         self._busy = asyncio.Lock()
         self._done = asyncio.Event()
         self._sessions: set[asyncio.Task[None]] = set()
@@ -157,7 +159,9 @@ class Receiver:
     async def _receive(self, sock: socket.socket, hello: dict[str, Any]) -> None:
         spec = self.spec
         token = await self.zfs.resume_token(spec.target) if hello.get("resume") else None
-        remount = await self.zfs.prepare_receive(spec.target)
+        if spec.remount and self.attempts:  # an earlier attempt's end mounted it again
+            await self.zfs.unmount(spec.target)
+        self.attempts += 1
         r, w = new_pipe()
         try:
             proc = await system.spawn(self.zfs.recv_argv(spec.target, resumable=True), stdin=r)
@@ -205,7 +209,7 @@ class Receiver:
             if owned:
                 os.close(w)
             self.progress.close(progress, error=error if self.outcome != "received" else None)
-            if remount:  # zfs-fuse: put back the mount prepare_receive took away, whatever happened
+            if spec.remount:  # zfs-fuse: put back the mount Recv took away, whatever happened
                 with contextlib.suppress(Exception):
                     await self.zfs.mount(spec.target)
             if self.outcome is not None:

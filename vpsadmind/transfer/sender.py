@@ -24,7 +24,14 @@ from vpsadmind import system
 from vpsadmind.config import TransferConfig
 from vpsadmind.progress import Progress, ProgressBoard
 from vpsadmind.transfer import wire
-from vpsadmind.transfer.errors import AuthRejected, ProtocolError, RemoteFailed, StreamBroken, TransferError
+from vpsadmind.transfer.errors import (
+    AuthRejected,
+    ProtocolError,
+    RemoteFailed,
+    Stalled,
+    StreamBroken,
+    TransferError,
+)
 from vpsadmind.transfer.pump import (
     Abort,
     ReaderGone,
@@ -224,7 +231,13 @@ async def _conclude(sock: socket.socket, config: TransferConfig, *, framed: bool
         await asyncio.to_thread(drain)
         return {}
     await asyncio.to_thread(send_end, sock)
-    answer = await asyncio.to_thread(wire.recv_line, sock, what="result")
+    try:
+        answer = await asyncio.to_thread(wire.recv_line, sock, what="result")
+    except StreamBroken as exc:
+        if isinstance(exc.__cause__, TimeoutError):  # a receiver that does not finish is stalled, not broken
+            raise Stalled(f"no verdict from the receiver for {config.stall_timeout:g} s after the stream "
+                          "(transfer.stall_timeout)") from exc
+        raise
     if answer.get("ok") is not True:
         raise RemoteFailed(f"zfs recv on the receiver failed: {answer.get('error')}")
     return answer

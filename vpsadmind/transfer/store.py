@@ -39,6 +39,7 @@ class TransferRow:
     target: str
     existing: list[str]
     target_existed: bool
+    remount: bool
     state: str
     guid: str | None
     bytes: int
@@ -50,7 +51,8 @@ class TransferRow:
         return cls(int(row["id"]), int(row["chain_id"]), int(row["transaction_id"]), int(row["server_id"]),
                    str(row["addr"]), int(row["port"]), str(row["secret"]), str(row["target"]),
                    [str(x) for x in existing] if isinstance(existing, list) else [],
-                   bool(row["target_existed"]), str(row["state"]), row["guid"], int(row["bytes"] or 0),
+                   bool(row["target_existed"]), bool(row["remount"]), str(row["state"]), row["guid"],
+                   int(row["bytes"] or 0),
                    row["error"])
 
 
@@ -62,15 +64,15 @@ class TransferStore:
         self.server_id = server_id
 
     async def register(self, *, chain_id: int, transaction_id: int, addr: str, port: int, secret: str,
-                       target: str, existing: list[str], target_existed: bool) -> None:
+                       target: str, existing: list[str], target_existed: bool, remount: bool = False) -> None:
         """The row of a Recv; a re-run of the same Recv replaces its row (and so its secret)."""
         now = _now()
         await self.db.execute(
             "REPLACE INTO vpsadmind_transfers (chain_id, transaction_id, server_id, addr, port, secret, target,"
-            " existing, target_existed, state, guid, bytes, error, created_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'listening', NULL, 0, NULL, %s, %s)",
+            " existing, target_existed, remount, state, guid, bytes, error, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'listening', NULL, 0, NULL, %s, %s)",
             (chain_id, transaction_id, self.server_id, addr, port, secret, target, json.dumps(existing),
-             int(target_existed), now, now))
+             int(target_existed), int(remount), now, now))
 
     async def by_recv(self, transaction_id: int) -> TransferRow | None:
         row = await self.db.fetchone("SELECT * FROM vpsadmind_transfers WHERE transaction_id = %s",
@@ -111,14 +113,19 @@ class TransferStore:
 
     # -- holds --------------------------------------------------------------------------------------------
 
-    async def note_hold(self, tag: str, snapshot: str, *, chain_id: int, transaction_id: int) -> None:
-        await self.db.execute(
-            "INSERT IGNORE INTO vpsadmind_holds (server_id, tag, snapshot, chain_id, transaction_id, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s)", (self.server_id, tag, snapshot, chain_id, transaction_id, _now()))
+    async def note_holds(self, pairs: list[tuple[str, str]], *, chain_id: int, transaction_id: int) -> None:
+        now = _now()
+        async with self.db.autocommit() as tx:
+            await tx.executemany(
+                "INSERT IGNORE INTO vpsadmind_holds (server_id, tag, snapshot, chain_id, transaction_id, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                [(self.server_id, tag, snap, chain_id, transaction_id, now) for tag, snap in pairs])
 
-    async def forget_hold(self, tag: str, snapshot: str) -> None:
-        await self.db.execute("DELETE FROM vpsadmind_holds WHERE server_id = %s AND tag = %s AND snapshot = %s",
-                              (self.server_id, tag, snapshot))
+    async def forget_holds(self, tag: str, snapshots: list[str]) -> None:
+        marks = ", ".join(["%s"] * len(snapshots))
+        await self.db.execute(
+            f"DELETE FROM vpsadmind_holds WHERE server_id = %s AND tag = %s AND snapshot IN ({marks})",
+            (self.server_id, tag, *snapshots))
 
     async def holds_of(self, *, chain_id: int | None = None, transaction_id: int | None = None,
                        finished_chains: bool = False) -> list[tuple[str, str]]:

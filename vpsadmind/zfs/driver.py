@@ -388,21 +388,28 @@ class Zfs:
             if strict:
                 raise
 
-    async def hold(self, tag: str, snapshot: str) -> None:
-        """``zfs hold tag snapshot``; HoldExists when the tag is already there."""
+    async def hold(self, tag: str, snapshot: str, *more: str) -> None:
+        """``zfs hold tag snapshot...`` (one command); HoldExists when the tag is already on one of them (the
+        others may then be held: the caller releases or retries one by one)."""
         _names.validate_tag(tag)
-        _names.validate_snapshot(snapshot)
-        await self._zfs("hold", tag, snapshot)
+        for name in (snapshot, *more):
+            _names.validate_snapshot(name)
+        await self._zfs("hold", tag, snapshot, *more)
 
-    async def release(self, tag: str, snapshot: str, *, missing_ok: bool = True) -> None:
-        """``zfs release tag snapshot``; with ``missing_ok`` a missing tag or snapshot is fine."""
+    async def release(self, tag: str, snapshot: str, *more: str, missing_ok: bool = True) -> None:
+        """``zfs release tag snapshot...``; with ``missing_ok`` a missing tag or snapshot is fine (one
+        command, or one per snapshot when several were given and one of them was missing)."""
         _names.validate_tag(tag)
-        _names.validate_snapshot(snapshot)
+        for name in (snapshot, *more):
+            _names.validate_snapshot(name)
         try:
-            await self._zfs("release", tag, snapshot)
+            await self._zfs("release", tag, snapshot, *more)
         except (NoSuchHold, DatasetNotFound):
             if not missing_ok:
                 raise
+            if more:  # zfs stops at the first missing one: release the rest one by one
+                for name in (snapshot, *more):
+                    await self.release(tag, name, missing_ok=True)
 
     async def holds(self, snapshot: str) -> int:
         """The number of user holds on ``snapshot`` (its ``userrefs``; tags cannot be listed on zfs-fuse)."""
@@ -435,17 +442,20 @@ class Zfs:
             flags.append("-s")
         return [self.zfs_bin, "recv", *flags, target]
 
-    async def prepare_receive(self, target: str) -> bool:
+    async def prepare_receive(self, target: str, *, snapshots: Sequence[str] | None = None) -> bool:
         """Before ``zfs recv -F`` into ``target``: on zfs-fuse, a full stream into an existing, mounted
         filesystem fails now and then with "cannot receive new filesystem stream: I/O error" (reproduced
         with the bare CLI: 3 of 6 attempts); unmounted, it never did. So a mounted target without snapshots
         (only a full stream can go there) is unmounted. Returns whether to :meth:`mount` it again after a
-        successful receive. Nothing to do elsewhere (two commands on zfs-fuse: mountpoint and snapshots)."""
+        successful receive. Nothing to do elsewhere (on zfs-fuse: mountpoint, snapshots unless the caller
+        knows them, and the unmount)."""
         if not self.caps.fuse:
             return False
         _names.validate_dataset(target)
         try:
-            if await self.mountpoint(target) is None or await self.snapshots(target):
+            if snapshots is None:
+                snapshots = [s.name for s in await self.snapshots(target)]
+            if snapshots or await self.mountpoint(target) is None:
                 return False
         except DatasetNotFound:
             return False
