@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import firewall, hop, idle, latency, throughput
+from bench import firewall, hop, idle, latency, throughput, transfer
 from bench.common import BenchContext, BenchResult, describe_machine, load_average
 from vpsadmind.testing.db import TestDbSettings
 
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, Callable[[BenchContext], Awaitable[BenchResult]]] = {
     "throughput": throughput.run,
     "idle": idle.run,
     "firewall": firewall.run,
+    "transfer": transfer.run,
 }
 TIMEOUT = 240.0  # per benchmark
 

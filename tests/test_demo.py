@@ -29,7 +29,8 @@ from vpsadmind.zfs.driver import Zfs
 pytestmark = pytest.mark.slow
 
 EXPECTED_STATES = {"hop": "done", "noops": "done", "rollback": "failed", "keep_going": "done",
-                   "storage_hv": "done", "storage_backup": "done", "storage_fail": "failed"}
+                   "storage_hv": "done", "storage_backup": "done", "storage_fail": "failed",
+                   "backup_full": "done", "backup_incr": "done"}
 BACKENDS = {"fuse": "zfs-fuse", "fake": "fake-zfs"}
 SNAP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
 
@@ -60,7 +61,8 @@ def run_demo(workdir: Path, database: str, *extra: str, env: dict[str, str] | No
 
 def check_storage(out: str, backend: str) -> None:
     """The storage part of the report: both pools as zfs lists them, the snapshot post_save named, the
-    properties Dataset::Create and Dataset::Set left, the rolled back dataset gone, the pools destroyed."""
+    properties Dataset::Create and Dataset::Set left, the rolled back dataset gone, the backup's snapshots on
+    both nodes, the pools destroyed."""
     assert re.search(rf"^Storage: {backend} \(", out, re.MULTILINE), out
     assert f"Storage on {backend} (" in out
     assert f"every chain ended as expected (storage on {backend})." in out
@@ -70,16 +72,21 @@ def check_storage(out: str, backend: str) -> None:
     snap = re.search(rf"named by Dataset::Snapshot's post_save '({SNAP})'", out)
     assert snap, out
     fs = f"{pool1}/vz"
-    assert names1 == [pool1, fs, f"{fs}/101", f"{fs}/101@{snap.group(1)}", f"{fs}/vpsadmin",
+    # storage_hv's snapshot, then one per backup chain (backup_full, backup_incr)
+    snaps = [n.split("@")[1] for n in names1 if n.startswith(f"{fs}/101@")]
+    assert len(snaps) == 3 and snaps[0] == snap.group(1) and snaps == sorted(snaps), names1
+    assert names1 == [pool1, fs, f"{fs}/101", *(f"{fs}/101@{s}" for s in snaps), f"{fs}/vpsadmin",
                       f"{fs}/vpsadmin/download", f"{fs}/vpsadmin/mount"], out
     backup = re.findall(r"^  \$ zfs list -t all -o name -r (vd[0-9a-f]{8})\n((?:    \S+\n)+)", out, re.MULTILINE)
     assert len(backup) == 2, out
     pool2, names2 = backup[1][0], backup[1][1].split()
     bfs = f"{pool2}/backup"
-    branch = [n for n in names2 if "/tree.0/" in n]
+    branch = [n for n in names2 if "/tree.0/" in n and "@" not in n]
     assert len(branch) == 1 and re.fullmatch(rf"{bfs}/101/tree\.0/branch-{SNAP}\.0", branch[0]), names2
-    assert sorted(names2) == sorted([pool2, bfs, f"{bfs}/101", f"{bfs}/101/tree.0", branch[0], f"{bfs}/vpsadmin",
+    assert sorted(names2) == sorted([pool2, bfs, f"{bfs}/101", f"{bfs}/101/tree.0", branch[0],
+                                     *(f"{branch[0]}@{s}" for s in snaps), f"{bfs}/vpsadmin",
                                      f"{bfs}/vpsadmin/download", f"{bfs}/vpsadmin/mount"]), names2
+    check_backup(out, snaps, branch[0])
     assert re.search(rf"fired as '{SNAP} \(unconfirmed\)'", out)
     assert f"{fs}/101: quota=67108864 = 64 MiB (local), compression=on (local), atime=off (inherited from {fs}); " \
            "private/ exists" in out
@@ -102,6 +109,20 @@ def check_storage(out: str, backend: str) -> None:
         assert pool1 not in live and pool2 not in live
 
 
+def check_backup(out: str, snaps: list[str], branch: str) -> None:
+    """The backup report: each Send's stream with its size, time and rate, and node 2's files identical to the
+    source's at each backup's snapshot."""
+    size = r"(\d+\.\d\d) MiB\s+(\d+\.\d{3}) s\s+(\d+\.\d\d) MiB/s"
+    full = re.search(rf"^  \d+\s+backup_full\s+\d+\s+full {snaps[0]}\s+{size}$", out, re.MULTILINE)
+    first = re.search(rf"^  \d+\s+backup_full\s+\d+\s+-I {snaps[0]} {snaps[1]}\s+{size}$", out, re.MULTILINE)
+    incr = re.search(rf"^  \d+\s+backup_incr\s+\d+\s+-I {snaps[1]} {snaps[2]}\s+{size}$", out, re.MULTILINE)
+    assert full and first and incr, out
+    assert float(first.group(1)) >= 16.0 and float(incr.group(1)) >= 4.0, out  # the random data, incompressible
+    for name, snap in (("backup_full", snaps[1]), ("backup_incr", snaps[2])):
+        assert f"  {name}: {branch}@{snap}: private/ on node 2 is identical to node 1's at the snapshot: 6 files " \
+               "and symlinks, 5 directories" in out, out
+
+
 @pytest.mark.parametrize(("mode", "zfs"), [("mqtt", "fake"), ("no-mqtt", "fake"), ("mqtt", "fuse")])
 def test_demo_ends_every_chain_as_expected(tmp_path: Path, demo_database: str, mode: str, zfs: str) -> None:
     if zfs == "fuse":
@@ -112,7 +133,8 @@ def test_demo_ends_every_chain_as_expected(tmp_path: Path, demo_database: str, m
     for name, state in EXPECTED_STATES.items():
         assert re.search(rf"^\s+\d+\s+{name}\s+{state}\s", out, re.MULTILINE), f"{name} not {state}:\n{out}"
     assert ("Demo OK: hop done, noops done, rollback failed, keep_going done, storage_hv done, "
-            "storage_backup done, storage_fail failed - every chain ended as expected") in out
+            "storage_backup done, storage_fail failed, backup_full done, backup_incr done - every chain ended as "
+            "expected") in out
     check_storage(out, BACKENDS[zfs])
     assert "node1 exit code 0, node2 exit code 0" in out
     assert "Resource locks left: 0   port reservations left: 0" in out
