@@ -9,6 +9,10 @@ address family) in a throw-away namespace:
 - no-op reinit: the chain is already right (one listing, no commit);
 - counter read: one :meth:`Firewall.collect` of the 60,000 rules.
 
+Each backend runs with its default layout (nft: ``accounting`` jumping to 64 sub-chains; legacy: v2.0's single
+chain). For comparison, nft also runs with v2.0's single chain (``buckets=0``), without a target: that is where
+iptables-nft spends ~0.55 s listing one chain of 60,000 rules, and again inside any restore that deletes one.
+
 Baseline, in the same run: v2.0's way, one ``iptables -A`` process per rule, for the first 250 addresses (1,500
 commands; 50 with ``--quick``), extrapolated linearly to 10,000 addresses. The extrapolation flatters the
 baseline: each ``-A`` gets slower as the chain grows (legacy rewrites the whole table on every command).
@@ -48,20 +52,30 @@ async def _timed(coro: object) -> float:
     return time.perf_counter() - started
 
 
-async def _one_backend(backend: str, n_baseline: int) -> dict[str, float]:
+async def _reinits(fw: Firewall) -> dict[str, float]:
+    ips = _addrs(0, IPS)
+    f: dict[str, float] = {}
+    f["cold"] = await _timed(fw.reinit(ips))
+    f["warm"] = await _timed(fw.reinit(ips[100:] + _addrs(20_000, 100)))
+    f["noop"] = await _timed(fw.reinit(ips[100:] + _addrs(20_000, 100)))
+    f["collect"] = await _timed(fw.collect())
+    f["rules"] = float(len(await fw.registered(4)) * 6)
+    f["chains"] = float(len((await fw.layout(4)).chains))
+    await fw.flush()
+    return f
+
+
+async def _one_backend(backend: str, n_baseline: int, buckets: int | None = None) -> dict[str, float]:
+    """The reinit figures of ``backend``; with the default layout also the one-command-per-rule baseline."""
     ns = "vtbench" + secrets.token_hex(3)
     subprocess.run(["ip", "netns", "add", ns], check=True)
     prefix = ["ip", "netns", "exec", ns]
     try:
-        fw = Firewall(iptables=f"iptables-{backend}", ip6tables=f"ip6tables-{backend}", argv_prefix=prefix)
-        ips = _addrs(0, IPS)
-        f: dict[str, float] = {}
-        f["cold"] = await _timed(fw.reinit(ips))
-        f["warm"] = await _timed(fw.reinit(ips[100:] + _addrs(20_000, 100)))
-        f["noop"] = await _timed(fw.reinit(ips[100:] + _addrs(20_000, 100)))
-        f["collect"] = await _timed(fw.collect())
-        f["rules"] = float(len(await fw.registered(4)) * 6)
-        await fw.flush()
+        fw = Firewall(iptables=f"iptables-{backend}", ip6tables=f"ip6tables-{backend}", argv_prefix=prefix,
+                      buckets=buckets)
+        f = await _reinits(fw)
+        if buckets is not None:
+            return f
         # baseline: one process per rule, as v2.0's reg_ip did
         binary = f"iptables-{backend}"
         await system.run([*prefix, binary, "-w", "30", "-N", "accounting"])
@@ -94,6 +108,12 @@ async def run(ctx: BenchContext) -> BenchResult:
                        ok=speedup >= TARGET_SPEEDUP, text=f"{speedup:.0f} x")
         result.add(f"{backend}: no-op reinit", f["noop"], "s")
         result.add(f"{backend}: collect (read {int(f['rules']):,} counters)", f["collect"], "s")
+        result.notes.append(f"{backend}: {int(f['chains'])} chain(s) per address family")
+        if backend == "nft":
+            flat = await _one_backend(backend, n_baseline, buckets=0)
+            result.data["nft-single-chain"] = flat
+            for label, key in (("cold reinit", "cold"), ("warm reinit", "warm"), ("collect", "collect")):
+                result.add(f"nft, v2.0's single chain: {label}", flat[key], "s")
     result.notes.append(f"Baseline: {n_baseline * 6:,} separate iptables -A processes timed in the same run and "
                         f"extrapolated linearly to {IPS:,} addresses (an underestimate: -A slows down as the "
                         "chain grows).")

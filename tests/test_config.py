@@ -489,7 +489,7 @@ def test_legacy_db_host_alone(tmp_path: Path) -> None:
     ("transfer: {rate_limit: 1.5}", "transfer.rate_limit", "an integer >= 1 or null"),
     ("transfer: {stall_timeout: 0}", "transfer.stall_timeout", "a number > 0"),
     ("transfer: {tls: yes}", "transfer.tls", "a mapping or null"),
-    ("transfer: {tls: {cert: /c, key: /k}}", "transfer.tls",
+    ("transfer: {protocol: nc, tls: {cert: /c, key: /k}}", "transfer.tls",
      "transfer.protocol: vpsadmind, or transfer.tls: null"),
     ("transfer: {protocol: vpsadmind, tls: {cert: /c}}", "transfer.tls.key", "an absolute path"),
     ("transfer: {protocol: vpsadmind, tls: {cert: /c, key: /k, crl: /x}}", "transfer.tls.crl",

@@ -30,6 +30,7 @@ from vpsadmind.config import DEFAULT_QUEUES, Config, config_from_dict
 from vpsadmind.control import COMMANDS, CommandFailed, ControlError, ControlServer, Reply, acall, call
 from vpsadmind.control.client import CommandError, ConnectError, arequest
 from vpsadmind.engine.queues import Queues
+from vpsadmind.system import CommandFailed as SystemCommandFailed
 from vpsadmind.testing.chains import ChainBuilder
 from vpsadmind.testing.db import TestDbSettings
 from vpsadmind.testing.engine import make_config, running_engine, wait_chain
@@ -508,6 +509,98 @@ async def test_pause_get_queue_and_resume(db: Any, db_settings: TestDbSettings, 
         assert (await wait_chain(db, a.chain_id))["state"] == 2
         assert (await wait_chain(db, b.chain_id))["state"] == 2
         assert (await arequest("get", {"resource": "queue"}, socket_path=sock))["queue"] == []
+
+
+# ---- init, flush, reinit ---------------------------------------------------------------------------------
+
+
+class FakeNetwork:
+    """Records what the commands ask of the node's Network and answers as :class:`Network` does."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        self.fail: Exception | None = None
+
+    async def _do(self, op: str, resources: Any) -> dict[str, Any]:
+        self.calls.append((op, list(resources)))
+        if self.fail is not None:
+            raise self.fail
+        res = {"fw", "shaper"} if "all" in resources else set(resources)
+        out: dict[str, Any] = {}
+        if "fw" in res:
+            out["fw"] = {4: 2, 6: None} if op == "init" else {4: True, 6: False} if op == "flush" else {4: 2, 6: 0}
+        if "shaper" in res:
+            out["shaper"] = True
+        return out
+
+    async def init(self, resources: Any) -> dict[str, Any]:
+        return await self._do("init", resources)
+
+    async def flush(self, resources: Any) -> dict[str, Any]:
+        return await self._do("flush", resources)
+
+    async def reinit(self, resources: Any) -> dict[str, Any]:
+        return await self._do("reinit", resources)
+
+
+class StubCtx:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+
+def network_daemon(sock: str) -> tuple[StubDaemon, FakeNetwork]:
+    from vpsadmind.firewall.services import install
+
+    engine = StubEngine()
+    daemon = StubDaemon(sock, engine=engine)
+    engine.ctx = StubCtx(daemon.config)  # type: ignore[attr-defined]
+    network = FakeNetwork()
+    install(engine.ctx, network)  # type: ignore[attr-defined, arg-type]
+    return daemon, network
+
+
+async def test_init_flush_reinit_answer_as_v2(sock: str) -> None:
+    daemon, network = network_daemon(sock)
+    async with serving(daemon):
+        assert await arequest("init", {"resources": ["fw", "shaper"]}, socket_path=sock) == {
+            "fw": {"4": 2, "6": None}, "shaper": True}
+        assert await arequest("flush", {"resources": ["fw"]}, socket_path=sock) == {"fw": {"4": True, "6": False}}
+        assert await arequest("reinit", {"resources": "shaper"}, socket_path=sock) == {"shaper": True}
+        assert network.calls == [("init", ["fw", "shaper"]), ("flush", ["fw"]), ("reinit", ["shaper"])]
+        for bad, error in ((None, "non-empty list"), ([], "non-empty list"), (["fw", 4], "non-empty list"),
+                           (["disk"], "unknown resources ['disk']"), ({"fw": 1}, "non-empty list")):
+            reply = await acall("reinit", {"resources": bad}, socket_path=sock)
+            assert not reply.ok and error in reply.error_message, (bad, reply)
+        assert len(network.calls) == 3  # refused before the Network was asked
+        network.fail = SystemCommandFailed(["iptables-restore", "-w", "30", "--noflush"], 2, "",
+                                           "iptables-restore: line 3 failed")
+        reply = await acall("reinit", {"resources": ["fw"]}, socket_path=sock)
+        assert reply.error == {"cmd": "iptables-restore -w 30 --noflush", "exitstatus": 2,
+                               "error": "iptables-restore: line 3 failed"}
+    async with serving(StubDaemon(sock)):  # no engine yet (the daemon still waits for the database)
+        reply = await acall("init", {"resources": ["fw"]}, socket_path=sock)
+        assert not reply.ok and "engine is not running" in reply.error_message
+
+
+async def test_ctl_init_flush_reinit(sock: str) -> None:
+    daemon, network = network_daemon(sock)
+    async with serving(daemon):
+        assert await run_ctl("-s", sock, "init", "all") == (0, "Initialized\nFirewall  ...  ok\nShaper  ...  ok\n", "")
+        assert await run_ctl("-s", sock, "flush", "shaper") == (0, "Flushed\nShaper  ...  ok\n", "")
+        assert await run_ctl("reinit", "fw", "fw", "-s", sock) == (0, "Reinitialized\nFirewall  ...  ok\n", "")
+        rc, out, _ = await run_ctl("-p", "-s", sock, "reinit", "fw", "shaper")
+        assert (rc, json.loads(out)) == (0, {"fw": {"4": 2, "6": 0}, "shaper": True})
+        # v2.0's ctl sends both resources for "all"; duplicates are sent once
+        assert network.calls == [("init", ["fw", "shaper"]), ("flush", ["shaper"]), ("reinit", ["fw"]),
+                                 ("reinit", ["fw", "shaper"])]
+        network.fail = SystemCommandFailed(["tc", "-force", "-batch", "-"], 1, "",
+                                           "RTNETLINK answers: Invalid argument")
+        rc, out, err = await run_ctl("-s", sock, "reinit", "shaper")
+        assert (rc, out, err) == (1, "", "Command error: RTNETLINK answers: Invalid argument\n")
+    for argv in (["init"], ["flush", "disk"], ["reinit", "fw", "-x"]):
+        rc, out, _ = await run_ctl("-s", sock, *argv)
+        assert (rc, out) == (1, "")
+    assert len(network.calls) == 5
 
 
 # ---- vpsadmindctl ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from vpsadmind.control.protocol import DEFAULT_SOCKET, ControlError
 __all__ = ["main", "build_parser", "format_duration"]
 
 EXIT_NAMES = {100: "stop", 150: "restart", 200: "update"}
+NETWORK_RESOURCES = ("all", "fw", "shaper")
 
 
 def format_duration(seconds: float) -> str:
@@ -76,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("id", nargs="?", metavar="ID", help="pause after this transaction has finished")
     sub.add_parser("resume", parents=[glob], help="resume execution (also cancels a pending stop/restart)")
     sub.add_parser("reload", parents=[glob], help="re-read the configuration file")
+    for name, what in (("init", "set up"), ("flush", "remove"), ("reinit", "rebuild")):
+        c = sub.add_parser(name, parents=[glob], help=f"{what} the firewall accounting and/or the shaper")
+        c.add_argument("resources", nargs="+", choices=NETWORK_RESOURCES, metavar="all|fw|shaper",
+                       help="fw (accounting rules), shaper (tc classes) or all")
 
     get = sub.add_parser("get", parents=[glob], help="show the configuration or the waiting transactions")
     res = get.add_subparsers(dest="resource", metavar="<resource>")
@@ -248,6 +253,22 @@ def _printer(message: str | Callable[[argparse.Namespace], str]) -> Callable[[Ou
     return show
 
 
+def _network_printer(done: str) -> Callable[[Output, Any], None]:
+    """v2.0's output of init/flush/reinit: ``Initialized`` and ``Firewall  ...  ok`` per resource done."""
+
+    def show(o: Output, res: Any) -> None:
+        if o.parsable:
+            o.json(res)
+            return
+        o.line(done)
+        res = res if isinstance(res, dict) else {}
+        for key, label in (("fw", "Firewall"), ("shaper", "Shaper")):
+            if key in res:
+                o.line(f"{label}  ...  ok")
+
+    return show
+
+
 def _print_ping(o: Output, res: Any) -> None:
     if o.parsable:
         o.json(res)
@@ -263,6 +284,9 @@ PRINTERS: dict[str, Callable[[Output, Any], None]] = {
     "pause": _printer(lambda a: "Pause scheduled" if a.id is not None else "Paused"),
     "resume": _printer("Resumed"),
     "reload": _printer("Configuration reloaded"),
+    "init": _network_printer("Initialized"),
+    "flush": _network_printer("Flushed"),
+    "reinit": _network_printer("Reinitialized"),
     "get config": _print_config,
     "get queue": _print_queue,
 }
@@ -284,6 +308,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
         if args.id is not None and not args.id.isdigit():
             raise UsageError("pause: invalid transaction id")
         return cmd, cmd, {"t_id": int(args.id) if args.id is not None else None}
+    if cmd in ("init", "flush", "reinit"):
+        wanted: list[str] = args.resources
+        # v2.0 sends both for "all"
+        return cmd, cmd, {"resources": ["fw", "shaper"] if "all" in wanted else list(dict.fromkeys(wanted))}
     if cmd == "get":
         if args.resource is None:
             raise UsageError("get: specify a resource: config or queue")

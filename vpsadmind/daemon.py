@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -17,11 +17,18 @@ from vpsadmind.handlers.base import import_handler_modules
 from vpsadmind.log import configure_logging
 from vpsadmind.sdnotify import notify, watchdog_interval
 
+if TYPE_CHECKING:
+    from vpsadmind.db import Database
+    from vpsadmind.firewall.services import Network
+
 __all__ = ["Daemon", "EXIT_OK", "EXIT_ERR", "EXIT_LOCKED"]
 
 EXIT_OK = 0
 EXIT_ERR = 1
 EXIT_LOCKED = 3
+#: How long a stop waits for a traffic collection in progress (a database that does not answer) before it
+#: cancels it; the last collection after the engine has stopped gets as long.
+TRAFFIC_STOP_TIMEOUT: Final = 30.0
 
 log = structlog.get_logger("vpsadmind.daemon")
 
@@ -38,6 +45,9 @@ class Daemon:
         self.force_stop = False   # stop/restart -f: cancel running transactions instead of waiting
         self._drain: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
+        self.network: Network | None = None      # firewall, shaper and traffic reporter of this node
+        self._traffic: asyncio.Task[None] | None = None
+        self._traffic_db: Database | None = None
 
     def request_stop(self) -> None:
         """SIGTERM, or ``vpsadmindctl stop|restart``: a ctl stop without -f first drains (no new work, wait for
@@ -86,6 +96,11 @@ class Daemon:
             self.engine.config = new
             self.engine.ctx.config = new
             self.engine.queues.reconfigure(new.queues)
+            if self.network is not None:  # the same Network (its lock and counters) under the new config
+                from vpsadmind.firewall.services import install
+
+                self.network.apply_config(new)
+                install(self.engine.ctx, self.network)
         log.info("reloaded", path=self.config_path)
         notify("READY=1")
 
@@ -114,6 +129,7 @@ class Daemon:
             await engine.db.close()
             return EXIT_LOCKED
         self._start_bus(engine)
+        await self._start_network(engine)
         self._start_storage_reporter(engine)
         log.info("started", version=__version__, server_id=cfg.server_id, pid_queue_slots=engine.queues.capacity)
         notify(f"READY=1\nSTATUS=serving server_id {cfg.server_id}")
@@ -128,6 +144,66 @@ class Daemon:
         self.bus = Bus(self.config.mqtt, server_id=self.config.server_id, on_wake=engine.wake)
         engine.events = self.bus
         self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
+
+    async def _start_network(self, engine: Engine) -> None:
+        """The node's Network, which handlers and control commands share (one firewall lock, one pending
+        traffic table); then v2.0's init at start (contract 10.6) and the traffic reporter (9.1)."""
+        from vpsadmind.db import Database
+        from vpsadmind.firewall.services import Network, install
+        from vpsadmind.reporters.traffic import TrafficReporter
+
+        cfg = self.config
+        try:
+            network = Network.from_config(cfg, engine.db)
+        except AgentError as exc:  # e.g. a netdev name tc would not take: handlers fail, the daemon serves
+            log.error("network_setup_failed", error=str(exc))
+            return
+        # its own pool (connected on first use): the last collection at stop runs after the engine closed its own
+        self._traffic_db = Database(cfg.db)
+        network.reporter = TrafficReporter(network.firewall, self._traffic_db, cfg.server_id, events=self.bus,
+                                           interval=cfg.transfers_interval)
+        install(engine.ctx, network)
+        self.network = network
+        if cfg.init:
+            await self._init_network(network)
+        if cfg.track_transfers:
+            self._traffic = asyncio.create_task(network.reporter.run(), name="traffic-reporter")
+            log.info("traffic_reporter_started", interval=cfg.transfers_interval)
+
+    async def _init_network(self, network: Network) -> None:
+        """Accounting chains, then the shaper's trees, each on its own: iptables or tc failing (a device that
+        does not exist, no netfilter) is logged as an error and the daemon serves on, since transactions and
+        the control socket (``vpsadmindctl reinit`` to repair) do not depend on them."""
+        for resource in ("fw", "shaper"):
+            try:
+                result = await network.init([resource])
+            except Exception as exc:
+                log.error("network_init_failed", resource=resource, error=f"{type(exc).__name__}: {exc}")
+            else:
+                log.info("network_initialised", resource=resource, result=result[resource])
+
+    async def _stop_traffic_reporter(self) -> None:
+        """Let a collection in progress finish (cancelling ``iptables -L -Z`` could lose what it zeroed)."""
+        task = self._traffic
+        if task is None or self.network is None:
+            return
+        self.network.reporter.stop()
+        done, _ = await asyncio.wait({task}, timeout=TRAFFIC_STOP_TIMEOUT)
+        if not done:
+            log.error("traffic_reporter_stuck", timeout=TRAFFIC_STOP_TIMEOUT)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _close_network(self) -> None:
+        """After the engine has stopped, so that no transaction reads the chains any more: store what was
+        counted since the last interval (and what the last transactions' reads collected), then close."""
+        if self.network is not None and self._traffic is not None:
+            try:
+                await asyncio.wait_for(self.network.reporter.close(), TRAFFIC_STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("final traffic report timed out", timeout=TRAFFIC_STOP_TIMEOUT)
+        if self._traffic_db is not None:
+            await self._traffic_db.close()
 
     def _start_storage_reporter(self, engine: Engine) -> None:
         """``storage.update_status``: the usage of this node's pools every ``resources_interval`` (contract 10.7)."""
@@ -180,7 +256,9 @@ class Daemon:
         if self._reporter is not None:  # before the engine closes the database under it
             self._reporter.cancel()
             await asyncio.gather(self._reporter, return_exceptions=True)
+        await self._stop_traffic_reporter()
         await engine.stop(timeout=0 if self.force_stop else self.config.shutdown_timeout)
+        await self._close_network()
         for task in (engine_task, stop_task):
             task.cancel()
         if self.bus is not None:

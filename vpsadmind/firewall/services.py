@@ -2,8 +2,10 @@
 from, and the ``init`` / ``flush`` / ``reinit`` of vpsadmindctl (contract 6.2, 10.6).
 
 Handlers get the :class:`Network` of their context with :func:`network_for` (one per context and config, so
-that the firewall lock is shared by every handler, the traffic reporter and the control commands). Tests and
-the daemon may :func:`install` their own (e.g. one that runs inside a network namespace).
+that the firewall lock is shared by every handler, the traffic reporter and the control commands). The daemon
+passes the one it builds to :func:`install` at start (with its traffic reporter) and installs it again after a reload,
+so that a new configuration never brings a second Firewall (a second lock and baseline) into play; tests
+install their own (e.g. one that runs inside a network namespace).
 """
 
 from __future__ import annotations
@@ -72,6 +74,20 @@ class Network:
                       argv_prefix=argv_prefix)
         shaper = Shaper(tc=bins.get("tc", "tc"), netdev=config.netdev, argv_prefix=argv_prefix)
         return cls(db, config.server_id, firewall=fw, shaper=shaper, max_tx=config.max_tx, max_rx=config.max_rx)
+
+    def apply_config(self, config: Config) -> None:
+        """A reloaded configuration: the node's limits apply at the next shaper init; the firewall and the shaper
+        are kept (their locks, counter baselines and uncollected traffic), so changed commands or devices
+        apply at a restart, which is logged."""
+        self.max_tx, self.max_rx = config.max_tx, config.max_rx
+        bins = config.bin
+        now = {"bin.iptables": self.firewall.binaries[4], "bin.ip6tables": self.firewall.binaries[6],
+               "bin.tc": self.shaper.tc, "vpsadmin.netdev": self.shaper.netdev}
+        new = {"bin.iptables": bins.get("iptables", "iptables"), "bin.ip6tables": bins.get("ip6tables", "ip6tables"),
+               "bin.tc": bins.get("tc", "tc"), "vpsadmin.netdev": config.netdev}
+        changed = sorted(k for k in now if now[k] != new[k])
+        if changed:
+            log.warning("network_config_needs_restart", keys=changed)
 
     @staticmethod
     def shaper_ip(addr: str, shaper: dict[str, Any]) -> ShapedIp:

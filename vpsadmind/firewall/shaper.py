@@ -45,7 +45,9 @@ log = structlog.get_logger("vpsadmind.shaper")
 ROOT_BURST: Final = "1M"
 IP_BURST: Final = "300k"
 MAX_RATE: Final = 2**40
-_TOLERATED: Final = ("File exists", "No such file or directory")
+#: "Exclusivity flag on" is what kernels with extended acks (4.x+) say instead of "File exists" when a
+#: ``qdisc add`` meets an existing root: init on a node whose tree exists (a daemon restart) is fine.
+_TOLERATED: Final = ("File exists", "No such file or directory", "Exclusivity flag on, cannot modify")
 #: What deleting something that is not there answers, besides ENOENT.
 _GONE: Final = ("Invalid handle", "Specified class not found", "Cannot find specified qdisc",
                 "Cannot delete qdisc with handle of zero")

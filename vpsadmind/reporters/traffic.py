@@ -6,6 +6,10 @@ traffic left out. With an event sink the same rows are published on ``node/<serv
 
 Nothing is lost when the database is away: traffic that could not be stored goes back into the firewall's
 pending table and is stored with the next collection.
+
+The daemon runs one with ``vpsadmin.track_transfers`` (vpsadmind/daemon.py): at a stop it lets the collection in
+progress finish (:meth:`~vpsadmind.reporters.periodic.Periodic.stop`), waits for the engine, then :meth:`close`
+stores what was counted since the last interval.
 """
 
 from __future__ import annotations
