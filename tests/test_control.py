@@ -697,3 +697,28 @@ async def test_ctl_stop_drains_and_resume_cancels_it(db: Any, db_settings: Any, 
         assert await asyncio.to_thread(d.wait, 20) == 150
     finally:
         d.kill()
+
+
+async def test_status_shows_transfer_progress(sock: str) -> None:
+    from types import SimpleNamespace
+
+    from vpsadmind.progress import ProgressBoard
+
+    engine = StubEngine()
+    board = ProgressBoard()
+    engine.ctx = SimpleNamespace(progress=board)  # type: ignore[attr-defined]
+    p = board.open("send", chain_id=12, transaction_id=34, label="tank/101@s -> 127.0.0.3:10000",
+                   total=256 * 1048576)
+    p.add(64 * 1048576)
+    async with serving(StubDaemon(sock, engine=engine)):
+        rc, summary, _ = await run_ctl("-s", sock, "status")
+        assert rc == 0 and " Transfers: 1" in summary
+        rc, listing, _ = await run_ctl("-s", sock, "status", "-T")
+        assert rc == 0
+        header, row = listing.splitlines()
+        assert header.split()[:4] == ["KIND", "CHAIN", "TRANS", "PROGRESS"]
+        assert row.split()[:3] == ["send", "12", "34"]
+        assert "64.0 MiB / 256.0 MiB" in row and "MiB/s" in row and "left" in row
+        assert row.endswith("tank/101@s -> 127.0.0.3:10000")
+        rc, parsable, _ = await run_ctl("-s", sock, "-p", "status")
+        assert json.loads(parsable)["transfers"][0]["bytes"] == 64 * 1048576

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("-c", "--consoles", action="store_true", help="list exported consoles")
     st.add_argument("-m", "--mounts", action="store_true", help="list delayed mounts")
     st.add_argument("-t", "--subtasks", action="store_true", help="list subprocesses blocking chains")
+    st.add_argument("-T", "--transfers", action="store_true",
+                    help="list running transfers and downloads with their progress")
     st.add_argument("-H", "--no-header", dest="header", action="store_false", help="suppress the header row")
 
     sub.add_parser("ping", parents=[glob], help="check that vpsadmind answers")
@@ -133,6 +135,7 @@ def _status_summary(o: Output, res: dict[str, Any], now: float) -> None:
     o.line(f"  Consoles: {len(res.get('consoles') or {}) if res.get('export_console') else 'disabled'}")
     o.line(f"  Subtasks: {_count(res.get('subprocesses'))}")
     o.line(f"    Mounts: {_count(res.get('delayed_mounts'))}")
+    o.line(f" Transfers: {len(res.get('transfers') or [])}")
     o.line(f"Queue size: {'-' if size is None else size}")
     o.line("    Queues:")
     for name, q in (res.get("queues") or {}).items():
@@ -146,18 +149,43 @@ def _status_summary(o: Output, res: dict[str, Any], now: float) -> None:
         o.line(f"    {name:>10}  {used} / {q.get('threads')} (+{q.get('urgent')}) {opens}")
 
 
+def _mib(n: Any) -> str:
+    return "-" if not isinstance(n, int | float) else f"{n / 1048576:.1f} MiB"
+
+
+def _progress_text(t: dict[str, Any]) -> str:
+    """``120.0 MiB / 256.0 MiB, 300.1 MiB/s, 0.4 s left`` for one entry of status' ``transfers``."""
+    done = _mib(t.get("bytes"))
+    total = f" / {_mib(t['total'])}" if t.get("total") else ""
+    eta = t.get("eta")
+    left = f", {format_duration(eta)} left" if isinstance(eta, int | float) else ""
+    return f"{done}{total}, {_mib(t.get('rate'))}/s{left}"
+
+
+def _status_transfers(o: Output, res: dict[str, Any]) -> None:
+    fmt = "{:<9} {:<8} {:<8} {:<44} {}"
+    if o.args.header:
+        o.line(fmt.format("KIND", "CHAIN", "TRANS", "PROGRESS", "WHAT"))
+    for t in res.get("transfers") or []:
+        o.line(fmt.format(t.get("kind", "-"), t.get("chain", "-"), t.get("transaction", "-"), _progress_text(t),
+                          t.get("label", "")))
+
+
 def _status_workers(o: Output, res: dict[str, Any], now: float) -> None:
     fmt = "{:<10} {:<8} {:<8} {:<20.19} {:<6} {:<9} {:<12} {:<8} {}"
     if o.args.header:
         o.line(fmt.format("QUEUE", "CHAIN", "TRANS", "HANDLER", "TYPE", "DIRECTION", "TIME", "PID", "STEP"))
+    streams = {t.get("transaction"): t for t in res.get("transfers") or []}
     for name, q in (res.get("queues") or {}).items():
         workers = q.get("workers") or {}
         for chain in sorted(workers, key=lambda c: int(c) if str(c).isdigit() else 0):
             w = workers[chain]
             start = w.get("start")
+            stream = streams.get(w.get("id"))
+            step = _progress_text(stream) if stream else (w.get("step") or "-")
             o.line(fmt.format(name, chain, w.get("id"), str(w.get("handler")), w.get("type"),
                               w.get("direction", "-"), format_duration(now - start) if start else "-",
-                              w.get("pid") or "-", w.get("step") or "-"))
+                              w.get("pid") or "-", step))
 
 
 def _status_lists(o: Output, res: dict[str, Any], now: float) -> None:
@@ -192,7 +220,9 @@ def _print_status(o: Output, res: Any) -> None:
     if a.workers:
         _status_workers(o, res, now)
     _status_lists(o, res, now)
-    if not (a.workers or a.consoles or a.subtasks or a.mounts):
+    if a.transfers:
+        _status_transfers(o, res)
+    if not (a.workers or a.consoles or a.subtasks or a.mounts or a.transfers):
         _status_summary(o, res, now)
 
 
