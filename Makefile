@@ -46,9 +46,14 @@ lint: venv
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no test: say so instead of a bare "Error 5".
+# Each run gets its own temporary base directory: pytest's default one (/tmp/pytest-of-<user>) is shared by every
+# run on the machine, and its clean-up of older runs fails the whole session when one of them left a zfs-fuse
+# pool mounted there (a run killed half-way). The directory goes away with the run unless a pool is still in it.
 define run_pytest
-	$(BIN)/pytest -q $(PYTEST_ARGS) || { rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests (exit 5)" >&2; fi; exit $$rc; }
+	base=$$(mktemp -d /tmp/vpsadmind-pytest.XXXXXX); \
+	$(BIN)/pytest -q --basetemp="$$base/t" $(PYTEST_ARGS) || { rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests (exit 5)" >&2; fi; exit $$rc; }; \
+	rm -rf "$$base" 2>/dev/null || true
 endef
 
 test: services venv
