@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["upgrade"]:  # the v1.22 -> v2.0 node upgrade has its own options (vpsadmind/upgrade)
+        from vpsadmind.upgrade.cli import main as upgrade_main
+
+        return upgrade_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.check:
         try:
