@@ -123,10 +123,13 @@ async def test_rate_limit_progress_events_and_ctl_status(db: aiomysql.Connection
     seen: list[dict[str, Any]] = []
     started = asyncio.get_running_loop().time()
     async with running_engine(n2.cfg, events=sinks[1]), running_engine(n1.cfg, events=sinks[0]) as sender:
-        while not seen:
+        for _ in range(300):
             status = await cmd_status(FakeDaemon(sender), {})
             seen = [t for t in status["transfers"] if t["kind"] == "send" and t["bytes"] > 0]
+            if seen:
+                break
             await asyncio.sleep(0.1)
+        assert seen, await transactions_of(db, fired.chain_id)
         chain = await wait_chain(db, fired.chain_id, timeout=60)
     elapsed = asyncio.get_running_loop().time() - started
     assert chain["state"] == ChainState.DONE
@@ -180,4 +183,56 @@ async def test_local_send_between_two_pools_and_its_rollback(db: aiomysql.Connec
     assert chain["state"] == ChainState.DONE
     assert n2.pool.snapshots(f"{n2.pool.name}/copy") == [s1.name, s2.name]
     assert tree_digest(n2.pool.mounted_path(f"{n2.pool.name}/copy")) == tree_digest(data)
+    await assert_no_leftovers(db, n1, n2)
+
+
+async def _break_when_moving(sender: Any, action: list[str]) -> list[str]:
+    """Run ``action`` once the Send has moved 1 MiB; returns what it printed (pids, sockets)."""
+    for _ in range(1000):
+        if any(t["kind"] == "send" and t["bytes"] > 1 << 20 for t in sender.ctx.progress.items()):
+            return subprocess.run(action, capture_output=True, text=True).stdout.split()
+        await asyncio.sleep(0.02)
+    raise AssertionError("the stream never moved")
+
+
+async def test_a_broken_connection_is_redone_cleanly_on_zfs_fuse(db: aiomysql.Connection,
+                                                                  nodes: tuple[Node, Node]) -> None:
+    """zfs-fuse has no resumable receive: when the connection breaks in the middle (here ``ss -K`` closes
+    it), the receiver's zfs recv fails and leaves nothing, and the sender's next attempt starts over."""
+    n1, n2 = nodes
+    src, dst, s1, branch = await _source(db, n1, n2, count=8, size=1024 * 1024)
+    _with_transfer(n1, rate_limit=3 * 1024 * 1024)
+    fired = await append_initial(ChainBuilder("backup"), src, dst, [s1]).fire(db)
+    async with running_engine(n2.cfg), running_engine(n1.cfg) as sender:
+        closed = await _break_when_moving(sender, ["ss", "-K", "-t", "dst", "127.0.0.3", "dport", "= :10000"])
+        assert closed, "ss -K closed no socket"
+        chain = await wait_chain(db, fired.chain_id, timeout=60)
+    rows = await transactions_of(db, fired.chain_id)
+    assert chain["state"] == ChainState.DONE, [output(r) for r in rows]
+    sent = output(rows[1])
+    assert sent["attempts"] == 2 and sent["resumed"] is False, sent
+    assert sent["bytes"] >= 8 * 1024 * 1024  # counted from zero again: the whole stream went twice
+    assert n2.pool.snapshots(branch) == [s1.name]
+    assert tree_digest(n2.pool.mounted_path(branch)) == tree_digest(n1.pool.mounted_path(f"{n1.pool.name}/101"))
+    await assert_no_leftovers(db, n1, n2)
+
+
+async def test_zfs_send_killed_after_its_stream_is_not_sent_twice(db: aiomysql.Connection,
+                                                                  nodes: tuple[Node, Node]) -> None:
+    """On zfs-fuse the daemon writes the stream, not the ``zfs send`` client: killed, the client exits -9
+    but the stream still arrives whole, without the end mark. The retry learns from the receiver that the
+    snapshot is there (same guid) and does not send again (a full stream onto it would fail)."""
+    n1, n2 = nodes
+    src, dst, s1, branch = await _source(db, n1, n2, count=8, size=1024 * 1024)
+    _with_transfer(n1, rate_limit=3 * 1024 * 1024)
+    fired = await append_initial(ChainBuilder("backup"), src, dst, [s1]).fire(db)
+    async with running_engine(n2.cfg), running_engine(n1.cfg) as sender:
+        killed = await _break_when_moving(sender, ["pkill", "-9", "-e", "-f", f"zfs send {n1.pool.name}/101"])
+        assert killed, "no zfs send was running"
+        chain = await wait_chain(db, fired.chain_id, timeout=60)
+    rows = await transactions_of(db, fired.chain_id)
+    assert chain["state"] == ChainState.DONE, [output(r) for r in rows]
+    assert output(rows[1])["attempts"] == 2, output(rows[1])
+    assert n2.pool.snapshots(branch) == [s1.name]
+    assert tree_digest(n2.pool.mounted_path(branch)) == tree_digest(n1.pool.mounted_path(f"{n1.pool.name}/101"))
     await assert_no_leftovers(db, n1, n2)

@@ -35,6 +35,7 @@ from vpsadmind.transfer.errors import ProtocolError, Stalled, StreamBroken, Tran
 from vpsadmind.transfer.pump import Abort, ReaderGone, frames_to_pipe, new_pipe, watched
 from vpsadmind.transfer.store import TransferStore
 from vpsadmind.zfs.driver import Zfs
+from vpsadmind.zfs.errors import ZfsError
 
 __all__ = ["Receiver", "ReceiverSpec", "HANDSHAKE_TIMEOUT"]
 
@@ -156,8 +157,27 @@ class Receiver:
             return None
         return hello
 
+    async def _arrived(self, hello: dict[str, Any]) -> bool:
+        """On a retry: did the last attempt's stream arrive whole after all (zfs send died after writing its
+        last byte, so zfs recv succeeded although the end mark never came)? One ``zfs get``."""
+        attempt = hello.get("attempt")
+        if not isinstance(attempt, int) or attempt < 2 or not self.attempts:
+            return False
+        try:
+            snaps = await self.zfs.snapshots(self.spec.target)
+        except ZfsError:
+            return False
+        return bool(snaps) and str(snaps[-1].guid) == str(hello.get("guid"))
+
     async def _receive(self, sock: socket.socket, hello: dict[str, Any]) -> None:
         spec = self.spec
+        if await self._arrived(hello):
+            self.outcome = "received"
+            await self.store.update(spec.row_id, state="received", guid=str(hello.get("guid")))
+            await asyncio.to_thread(wire.send_line, sock, {"ok": True, "token": None, "complete": True})
+            log.info("transfer_received", target=spec.target, note="by the previous attempt")
+            self._done.set()
+            return
         token = await self.zfs.resume_token(spec.target) if hello.get("resume") else None
         if spec.remount and self.attempts:  # an earlier attempt's end mounted it again
             await self.zfs.unmount(spec.target)

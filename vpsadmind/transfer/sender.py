@@ -91,7 +91,7 @@ async def send(spec: SendSpec, *, argv_for: Any, config: TransferConfig, board: 
             attempt += 1
             try:
                 token, latest = await _attempt(spec, argv_for, base, config, progress, framed=framed,
-                                               resumable=resumable)
+                                               resumable=resumable, attempt=attempt)
             except (StreamBroken, ConnectionError) as exc:
                 if not framed or attempt > RETRIES:
                     raise
@@ -129,24 +129,25 @@ async def _connect(addr: str, port: int) -> socket.socket:
             await asyncio.sleep(0.5)
 
 
-def _handshake(sock: socket.socket, spec: SendSpec, resumable: bool) -> str | None:
-    """Prove the secret; returns the receiver's resume token (None: start from the beginning)."""
+def _handshake(sock: socket.socket, spec: SendSpec, resumable: bool, attempt: int) -> dict[str, Any]:
+    """Prove the secret; returns the receiver's answer: ``token`` to resume from (None: from the beginning),
+    ``complete`` when an earlier attempt's stream did arrive after all."""
     greeting = wire.recv_line(sock, what="greeting")
     nonce = greeting.get("nonce")
     if greeting.get("proto") != wire.PROTO or not isinstance(nonce, str):
         raise ProtocolError(f"{spec.addr}:{spec.port} is not a vpsadmind receiver: {greeting!r:.120}")
     assert spec.secret is not None
     wire.send_line(sock, {"chain": spec.chain_id, "mac": wire.mac(spec.secret, nonce), "guid": spec.guid,
-                          "estimate": spec.estimate, "resume": resumable})
+                          "estimate": spec.estimate, "resume": resumable, "attempt": attempt})
     answer = wire.recv_line(sock, what="answer to the handshake")
     if answer.get("ok") is not True:
         raise AuthRejected(f"the receiver at {spec.addr}:{spec.port} refused the transfer: {answer!r:.120}")
-    token = answer.get("token")
-    return token if isinstance(token, str) and token else None
+    return answer
 
 
 async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: TransferConfig,
-                   progress: Progress, *, framed: bool, resumable: bool) -> tuple[str | None, str | None]:
+                   progress: Progress, *, framed: bool, resumable: bool,
+                   attempt: int = 1) -> tuple[str | None, str | None]:
     """One connection; returns the resume token it used and, after a resumed stream, the newest snapshot
     the receiver has now."""
     sock = await _connect(spec.addr, spec.port)
@@ -155,7 +156,10 @@ async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: Tran
         sock.settimeout(HANDSHAKE_TIMEOUT)
         if config.tls is not None and framed:
             sock = await asyncio.to_thread(wire.client_context(config.tls).wrap_socket, sock)
-        token = await asyncio.to_thread(_handshake, sock, spec, resumable) if framed else None
+        hello = await asyncio.to_thread(_handshake, sock, spec, resumable, attempt) if framed else {}
+        if hello.get("complete") is True:  # the last attempt's stream arrived whole before its connection broke
+            return None, None
+        token = hello.get("token") if isinstance(hello.get("token"), str) and hello.get("token") else None
         if token is None and base is None:
             progress.done = 0  # a new stream from the start
         answer = await _stream(sock, argv_for(token, base), config, progress, framed=framed)
