@@ -537,9 +537,10 @@ def test_a_dropped_or_mistyped_key_is_named_exactly(data: st.DataObject) -> None
 
 
 def test_every_class_has_places_to_break() -> None:
-    """The key test above is not vacuous: each class but NoParams has keys it can drop or corrupt."""
+    """The key test above is not vacuous: each class but NoParams has keys it can drop or corrupt (or, like
+    1001's OnbootParams, only keys typed Any: v2.0 sends them and ignores them, and so do we)."""
     for cls in CLASSES:
-        if cls is NoParams:
+        if cls is NoParams or all(t is Any for _f, t in _dc_fields(cls)):
             continue
         obj = {f.name: _example_value(t) for f, t in _dc_fields(cls)}
         assert [loc for loc in locations(cls, obj, "") if loc.droppable or corruptible(loc)], cls

@@ -167,7 +167,9 @@ def on_start(fn: StartHook) -> StartHook:
 DEFAULT_HANDLER_MODULES = ("vpsadmind.handlers.utils", "vpsadmind.handlers.pool", "vpsadmind.handlers.dataset",
                            "vpsadmind.handlers.branch", "vpsadmind.handlers.firewall", "vpsadmind.handlers.shaper",
                            "vpsadmind.handlers.transfer", "vpsadmind.handlers.download",
-                           "vpsadmind.handlers.integrity", "vpsadmind.handlers.mail")
+                           "vpsadmind.handlers.integrity", "vpsadmind.handlers.mail", "vpsadmind.handlers.vps",
+                           "vpsadmind.handlers.vps_config", "vpsadmind.handlers.vps_features",
+                           "vpsadmind.handlers.node", "vpsadmind.handlers.mounts")
 
 
 def import_handler_modules(extra: list[str] | tuple[str, ...] = ()) -> None:

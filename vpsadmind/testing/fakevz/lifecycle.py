@@ -185,9 +185,9 @@ def find_template(layout: Layout, name: str) -> Path | None:
 def _unpack(template: Path, private: Path) -> None:
     private.parent.mkdir(parents=True, exist_ok=True)
     if template.is_dir():
-        shutil.copytree(template, private, symlinks=True)
+        shutil.copytree(template, private, symlinks=True, dirs_exist_ok=True)
         return
-    private.mkdir()
+    private.mkdir(exist_ok=True)
     with tarfile.open(template) as tar:
         tar.extractall(private, filter="data")
 
@@ -228,7 +228,9 @@ def cmd_create(layout: Layout, veid: int, args: list[str]) -> int:
         raise VzFail(OSTEMPLATE_NOTSET, "OS template is not specified")
     private_lit, root_lit = _create_paths(layout, ct, values)
     private = Path(expand_veid(private_lit, veid))
-    if private.exists():
+    # vzctl 4.x refuses only a private area that is not an empty directory (``dir_empty(fs->private) != 1``):
+    # vpsAdmin creates ``<dataset>/private`` (5201 create_private) before ``vzctl create`` fills it.
+    if private.is_symlink() or (private.exists() and (not private.is_dir() or any(private.iterdir()))):
         raise VzFail(FS_PRVT_EXISTS, f"Private area already exists in {private}")
     template = find_template(layout, ostemplate)
     if template is None:
