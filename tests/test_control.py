@@ -255,7 +255,103 @@ async def test_concurrent_clients(sock: str) -> None:
     assert replies == [{"pong": "pong"}] * 40
 
 
+# ---- hostile input: never blocks the daemon or the other clients ------------------------------------------
+
+
+async def ping_time(path: str) -> float:
+    started = time.monotonic()
+    assert await arequest("ping", socket_path=path, timeout=5) == {"pong": "pong"}
+    return time.monotonic() - started
+
+
+async def test_a_10_mib_line_is_refused_while_others_are_served(sock: str) -> None:
+    async with serving(StubDaemon(sock)) as server:
+        reader, writer = await asyncio.open_unix_connection(sock)
+        await reader.readline()
+
+        async def flood() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(10):  # 10 MiB of one line, never a newline until the end
+                    writer.write(b"x" * (1024 * 1024))
+                    await writer.drain()
+                writer.write(b"\n")
+                await writer.drain()
+
+        sender = asyncio.create_task(flood())
+        assert await ping_time(sock) < 1.0
+        reply = await asyncio.wait_for(reader.readline(), 10)
+        assert json.loads(reply) == {"status": "failed", "error": "Request too large"}
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # and the connection is closed
+        await asyncio.wait_for(sender, 10)
+        writer.close()
+        await wait_for(lambda: not server._clients)
+
+
+async def test_a_trickling_client_is_cut_at_the_deadline(sock: str) -> None:
+    """One byte every 50 ms keeps the connection busy but never completes a line: the deadline is for the
+    whole request, not per byte."""
+    async with serving(StubDaemon(sock), idle_timeout=0.6):
+        reader, writer = await asyncio.open_unix_connection(sock)
+        await reader.readline()
+        started = time.monotonic()
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in b'{"command": "ping", "params": {"padding": "' + b"x" * 200:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+        sender = asyncio.create_task(trickle())
+        assert await ping_time(sock) < 0.5
+        reply = await asyncio.wait_for(reader.readline(), 5)
+        assert json.loads(reply) == {"status": "failed", "error": "Request timeout"}
+        assert 0.5 < time.monotonic() - started < 2.0
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        writer.close()
+
+
+@pytest.mark.parametrize("line", [
+    bytes(range(256)) + b"\n",                       # every byte value, NUL included
+    b"\x00" * 4096 + b"\n",
+    b'{"command":"ping","params":' + b"[" * 100_000 + b"\n",  # nesting deeper than the parser's recursion
+    b'{"command":"ping","params":{"a":' * 20_000 + b"\n",
+])
+async def test_garbage_gets_syntax_error(sock: str, line: bytes) -> None:
+    async with serving(StubDaemon(sock)):
+        _, reply, rest = await raw_exchange(sock, line)
+        assert json.loads(reply) == {"status": "failed", "error": "Syntax error"} and rest == b""
+        assert await arequest("ping", socket_path=sock) == {"pong": "pong"}
+
+
+async def test_clients_that_connect_and_leave_or_stay_silent(sock: str) -> None:
+    async with serving(StubDaemon(sock), idle_timeout=30) as server:
+        for _ in range(20):  # greeting read, then gone without a word: no reply, nothing left behind
+            reader, writer = await asyncio.open_unix_connection(sock)
+            await reader.readline()
+            writer.close()
+        silent = [await asyncio.open_unix_connection(sock) for _ in range(30)]  # connected, never send
+        started = time.monotonic()
+        replies = await asyncio.gather(*(arequest("ping", socket_path=sock, timeout=5) for _ in range(30)))
+        assert replies == [{"pong": "pong"}] * 30 and time.monotonic() - started < 2.0
+        assert len(server._clients) == 30  # only the silent ones are still held
+        for _, w in silent:
+            w.close()
+        await wait_for(lambda: not server._clients)
+
+
 # ---- the socket file -------------------------------------------------------------------------------------
+
+
+async def test_socket_mode_is_0600_whatever_the_umask(sock: str) -> None:
+    old = os.umask(0)
+    try:
+        async with serving(StubDaemon(sock)):
+            assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    finally:
+        os.umask(old)
+    assert os.umask(old) == old  # restored by the server as well
 
 
 async def test_socket_mode_0600_owner_and_removal(sock: str) -> None:

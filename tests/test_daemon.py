@@ -140,3 +140,67 @@ async def test_sigterm_is_bounded_and_the_cut_transaction_recovers(db: Any, db_s
         assert d2.wait_for_event("transaction_interrupted")["t_id"] == fired.transaction_ids[0]
     finally:
         d2.terminate()
+
+
+# ---- operations of a real process: node status, kill, stop ------------------------------------------------
+
+
+async def test_node_status_is_reported_every_status_interval(db: Any, db_settings: TestDbSettings,
+                                                             test_database: str, tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    from tests.engine_helpers import fetch
+
+    cfg_path = write_config(tmp_path / "d.yml", db_settings, test_database, server_id=4, journal=tmp_path / "j",
+                            extra_vpsadmin={"status_interval": 0.3})
+    d = DaemonProcess(cfg_path, tmp_path / "d.log").start()
+    try:
+        assert d.wait_for_event("node_status_reporter_started")["interval"] == 0.3
+        seen = set()
+        for _ in range(100):
+            rows = await fetch(db, "SELECT server_id, kernel, daemon, created_at FROM servers_status")
+            if rows:
+                assert [(r["server_id"], r["kernel"], r["daemon"]) for r in rows] == [(4, os.uname().release, 0)]
+                seen.add(rows[0]["created_at"])
+            if len(seen) >= 2:  # refreshed in place
+                break
+            await asyncio.sleep(0.1)
+        assert len(seen) >= 2
+    finally:
+        assert d.terminate() == 0  # the reporter stops with the daemon, cleanly
+
+
+async def test_ctl_kill_and_stop_force_with_transactions_in_flight(db: Any, db_settings: TestDbSettings,
+                                                                   test_database: str, tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from tests.engine_helpers import output
+    from vpsadmind import ctl
+    from vpsadmind.testing.engine import transactions_of
+    from vpsadmind.testing.handlers import PROBE, read_effects
+
+    effects = str(tmp_path / "effects")
+    sock = str(tmp_path / "ctl.sock")
+    cfg_path = write_config(tmp_path / "d.yml", db_settings, test_database, server_id=1, journal=tmp_path / "j",
+                            control_socket=Path(sock))
+    d = DaemonProcess(cfg_path, tmp_path / "d.log").start()
+    try:
+        killed = await ChainBuilder().append(PROBE, server=1, params={"effects": effects, "sleep": 60}).fire(db)
+        cut = await ChainBuilder().append(PROBE, server=1, params={"sleep": 60}).fire(db)
+        d.wait_for_event("transaction_start", transaction=killed.transaction_ids[0])
+        d.wait_for_event("transaction_start", transaction=cut.transaction_ids[0])
+        assert await asyncio.to_thread(ctl.main, ["-s", sock, "kill", str(killed.transaction_ids[0])]) == 0
+        assert (await wait_chain(db, killed.chain_id))["state"] == 4
+        row = (await transactions_of(db, killed.chain_id))[0]
+        assert (row["t_done"], output(row)["error"]) == (2, "Killed")
+        assert read_effects(effects) == [f"exec {killed.transaction_ids[0]}", f"rollback {killed.transaction_ids[0]}"]
+        t0 = time.monotonic()
+        assert await asyncio.to_thread(ctl.main, ["-s", sock, "stop", "-f"]) == 0
+        assert await asyncio.to_thread(d.wait, 20) == 100
+        assert time.monotonic() - t0 < 5  # not the minute the transaction would have slept
+        row = (await transactions_of(db, cut.chain_id))[0]
+        assert row["t_done"] == 0 and row["started_at"] is not None  # discarded unsaved: recovered at next start
+    finally:
+        d.kill()

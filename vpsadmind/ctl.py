@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"cancel the transactions being processed and {what} at once")
     pa = sub.add_parser("pause", parents=[glob], help="pause execution of queued transactions")
     pa.add_argument("id", nargs="?", metavar="ID", help="pause after this transaction has finished")
-    sub.add_parser("resume", parents=[glob], help="resume execution (also cancels a pending stop/restart)")
+    sub.add_parser("resume", parents=[glob], help="resume execution (also cancels a pending stop/restart/update)")
     sub.add_parser("reload", parents=[glob], help="re-read the configuration file")
     for name, what in (("init", "set up"), ("flush", "remove"), ("reinit", "rebuild")):
         c = sub.add_parser(name, parents=[glob], help=f"{what} the firewall accounting and/or the shaper")
@@ -91,7 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     q = res.add_parser("queue", parents=[glob], help="transactions waiting for this node")
     q.add_argument("-l", "--limit", type=int, default=50, metavar="N", help="at most N transactions (default 50)")
     q.add_argument("-H", "--no-header", dest="header", action="store_false", help="suppress the header row")
+    _add_operations(sub, glob)
     return p
+
+
+def _add_operations(sub: Any, glob: argparse.ArgumentParser) -> None:
+    """kill, refresh, update, set and chain."""
+    k = sub.add_parser("kill", parents=[glob], help="kill running transactions (saved as failed 'Killed'; a "
+                       "reversible one rolls itself back)")
+    k.add_argument("-a", "--all", action="store_true", help="kill every running transaction")
+    k.add_argument("-t", "--type", action="store_true", help="the arguments are transaction types, not ids")
+    k.add_argument("ids", nargs="*", metavar="ID|TYPE")
+    sub.add_parser("refresh", parents=[glob], help="report node status and storage usage now")
+    up = sub.add_parser("update", parents=[glob], help="restart into a newly installed vpsadmind (exit 200; "
+                        "running transactions finish)")
+    up.add_argument("-f", "--force", action="store_true", help="cancel the transactions being processed and "
+                    "update at once")
+    st = sub.add_parser("set", parents=[glob], help="change the running configuration (not saved)")
+    res = st.add_subparsers(dest="resource", metavar="<resource>")
+    cfg = res.add_parser("config", parents=[glob], help="set KEY.PATH=VALUE ... (reload goes back to the file)")
+    cfg.add_argument("pairs", nargs="+", metavar="KEY.PATH=VALUE")
+    ch = sub.add_parser("chain", parents=[glob], help="list or run a chain's confirmations, release its locks "
+                        "and ports", description="confirmations [T...] | confirm [T...] | release [locks|ports]")
+    ch.add_argument("chain_id", metavar="CHAIN")
+    ch.add_argument("subcommand", choices=("confirmations", "confirm", "release"))
+    ch.add_argument("args", nargs="*", metavar="TRANSACTION|locks|ports")
+    ch.add_argument("--direction", choices=("execute", "rollback"), default="execute",
+                    help="confirm: the direction to apply them in (default execute)")
+    ch.add_argument("--success", action=argparse.BooleanOptionalAction, default=True,
+                    help="confirm: as if the transactions succeeded (default) or failed")
 
 
 # ---- output -------------------------------------------------------------------------------------------------
@@ -306,6 +335,65 @@ def _print_ping(o: Output, res: Any) -> None:
         o.line(str(res.get("pong", res)) if isinstance(res, dict) else str(res))
 
 
+def _print_kill(o: Output, res: Any) -> None:
+    """v2.0's: the ids or types nothing was killed for, then ``Killed N transactions``."""
+    if o.parsable:
+        o.json(res)
+        return
+    msgs = res.get("msgs") or {}
+    for key, msg in msgs.items():
+        o.line(f"{key}: {msg}")
+    if msgs:
+        o.line()
+    o.line(f"Killed {res.get('killed', 0)} transactions")
+
+
+def _print_refresh(o: Output, res: Any) -> None:
+    if o.parsable:
+        o.json(res)
+    else:
+        o.line("Refreshed " + (", ".join(res.get("refreshed") or []) or "nothing"))
+
+
+def _pairs(value: Any) -> str:
+    """v2.0's ``format_hash``: ``k=v,k=v``."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
+def _print_confirmations(o: Output, res: Any) -> None:
+    if o.parsable:
+        o.json(res)
+        return
+    for t_id, items in (res.get("transactions") or {}).items():
+        o.line(f"TRANSACTION #{t_id}")
+        o.line(f"{'ID':<6} {'TYPE':<13} {'DONE':<4} {'OBJECT':<20} {'ID':<12} ATTRS")
+        for c in items:
+            o.line(f"{c.get('id', '-')!s:<6} {c.get('type', '-')!s:<13} {1 if c.get('done') else 0:<4} "
+                   f"{c.get('class_name', '-')!s:<20} {_pairs(c.get('row_pks')):<12} {_pairs(c.get('attr_changes'))}")
+        o.line("-" * 80)
+
+
+def _print_release(o: Output, res: Any) -> None:
+    if o.parsable:
+        o.json(res)
+        return
+    if "locks" in res:
+        o.line("RESOURCE LOCKS")
+        o.line(f"{'RESOURCE':<30} {'ROW_ID':<10} LOCKED_AT")
+        for lock in res["locks"]:
+            o.line(f"{lock.get('resource')!s:<30} {lock.get('row_id')!s:<10} {lock.get('created_at') or '-'}")
+        o.line(f"Released {len(res['locks'])} locks")
+    if "ports" in res:
+        o.line("RESERVED PORTS")
+        o.line(f"{'NODE':<20} {'ADDR':<20} PORT")
+        for port in res["ports"]:
+            node = port.get("node_name") or port.get("node_id")
+            o.line(f"{node!s:<20} {port.get('addr') or '-'!s:<20} {port.get('port')}")
+        o.line(f"Released {len(res['ports'])} ports")
+
+
 PRINTERS: dict[str, Callable[[Output, Any], None]] = {
     "status": _print_status,
     "ping": _print_ping,
@@ -319,6 +407,13 @@ PRINTERS: dict[str, Callable[[Output, Any], None]] = {
     "reinit": _network_printer("Reinitialized"),
     "get config": _print_config,
     "get queue": _print_queue,
+    "kill": _print_kill,
+    "refresh": _print_refresh,
+    "update": _printer("Update scheduled"),
+    "set config": _printer("Config changed"),
+    "chain confirmations": _print_confirmations,
+    "chain confirm": _print_confirmations,
+    "chain release": _print_release,
 }
 
 
@@ -329,11 +424,79 @@ class UsageError(Exception):
     pass
 
 
+_FLOAT = re.compile(r"^-?\d+\.\d+$")
+
+
+def _scalar(text: str) -> Any:
+    """A ``set config`` value: digits are an integer (v2.0), ``true``/``false``/``null`` and decimal numbers
+    their JSON values, anything else the string itself."""
+    if text.isdigit():
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    return {"true": True, "false": False, "null": None}.get(text, text)
+
+
+def _set_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    if args.resource != "config":
+        raise UsageError("set: specify a resource: config")
+    patches: list[dict[str, Any]] = []
+    for pair in args.pairs:
+        key, eq, value = pair.partition("=")
+        parts = key.split(".")
+        if not eq or not all(parts):
+            raise UsageError(f"set config: expected KEY.PATH=VALUE, got {pair!r}")
+        patch: dict[str, Any] = {parts[-1]: _scalar(value)}
+        for part in reversed(parts[:-1]):
+            patch = {part: patch}
+        patches.append(patch)
+    return "set config", "set", {"resource": "config", "config": patches}
+
+
+def _ids(values: list[str], what: str) -> list[int]:
+    bad = [v for v in values if not v.isdigit()]
+    if bad:
+        raise UsageError(f"invalid {what}: {', '.join(bad)}")
+    return [int(v) for v in values]
+
+
+def _kill_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    if args.all:
+        return "kill", "kill", {"transactions": "all"}
+    if not args.ids:
+        raise UsageError(f"kill: missing transaction {'type' if args.type else 'id'}(s)")
+    if args.type:
+        return "kill", "kill", {"types": _ids(args.ids, "transaction type")}
+    return "kill", "kill", {"transactions": _ids(args.ids, "transaction id")}
+
+
+def _chain_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    if not args.chain_id.isdigit():
+        raise UsageError(f"invalid chain id '{args.chain_id}'")
+    sub: str = args.subcommand
+    params: dict[str, Any] = {"chain": int(args.chain_id), "command": sub}
+    if sub == "release":
+        if len(args.args) > 1 or any(a not in ("locks", "ports") for a in args.args):
+            raise UsageError("chain release: expected nothing, locks or ports")
+        params.update(transactions=None, release=args.args or ["locks", "ports"])
+    else:
+        params["transactions"] = _ids(args.args, "transaction id") or None
+        if sub == "confirm":
+            params.update(direction=args.direction, success=bool(args.success))
+    return f"chain {sub}", "chain", params
+
+
 def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     """(printer key, remote command, params) for the parsed arguments."""
     cmd: str = args.command
-    if cmd in ("stop", "restart"):
+    if cmd in ("stop", "restart", "update"):
         return cmd, cmd, {"force": bool(args.force)}
+    if cmd == "kill":
+        return _kill_request(args)
+    if cmd == "set":
+        return _set_request(args)
+    if cmd == "chain":
+        return _chain_request(args)
     if cmd == "pause":
         if args.id is not None and not args.id.isdigit():
             raise UsageError("pause: invalid transaction id")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -20,6 +22,8 @@ from vpsadmind.sdnotify import notify, watchdog_interval
 if TYPE_CHECKING:
     from vpsadmind.db import Database
     from vpsadmind.firewall.services import Network
+    from vpsadmind.mount_registry import Mounts
+    from vpsadmind.reporters.node_status import NodeStatusReporter
 
 __all__ = ["Daemon", "EXIT_OK", "EXIT_ERR", "EXIT_LOCKED"]
 
@@ -29,6 +33,8 @@ EXIT_LOCKED = 3
 #: How long a stop waits for a traffic collection in progress (a database that does not answer) before it
 #: cancels it; the last collection after the engine has stopped gets as long.
 TRAFFIC_STOP_TIMEOUT: Final = 30.0
+#: How long a stop waits for a node status report or the last mount state writes before it cancels them.
+REPORTER_STOP_TIMEOUT: Final = 10.0
 
 log = structlog.get_logger("vpsadmind.daemon")
 
@@ -41,13 +47,21 @@ class Daemon:
         self.bus: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self.exit_code = 0        # vpsadmindctl stop/restart: 100 / 150 (v2.0 EXIT_STOP / EXIT_RESTART)
+        self.exit_code = 0        # vpsadmindctl stop/restart/update: 100 / 150 / 200 (v2.0's exit codes)
         self.force_stop = False   # stop/restart -f: cancel running transactions instead of waiting
         self._drain: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
         self.network: Network | None = None      # firewall, shaper and traffic reporter of this node
         self._traffic: asyncio.Task[None] | None = None
         self._traffic_db: Database | None = None
+        self.start_time = time.time()
+        self.mounts: Mounts | None = None        # delayed mounts and mount state reports (mount_registry.py)
+        self.node_status: NodeStatusReporter | None = None
+        self._node_status: asyncio.Task[None] | None = None
+        # Periodic reporters by name (their failure counts are metrics) and what ``vpsadmindctl refresh`` runs.
+        self.reporters: dict[str, Any] = {}
+        self.refreshers: dict[str, Callable[[], Awaitable[Any]]] = {}
+        self.loops: dict[str, tuple[Any, asyncio.Task[None]]] = {}
 
     def request_stop(self) -> None:
         """SIGTERM, or ``vpsadmindctl stop|restart``: a ctl stop without -f first drains (no new work, wait for
@@ -79,6 +93,8 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the file; a bad file is reported and the running configuration kept."""
+        from vpsadmind.control.commands.configuration import changed_keys, restart_only
+
         notify("RELOADING=1")
         try:
             new = load_config(self.config_path)
@@ -90,6 +106,15 @@ class Daemon:
             log.error("reload_refused", error="vpsadmin.server_id cannot change while running")
             notify("READY=1")
             return
+        later = [k for k in changed_keys(self.config.raw, new.raw) if restart_only(k)]
+        if later:
+            log.warning("config_needs_restart", keys=later)
+        self.apply_config(new)
+        log.info("reloaded", path=self.config_path)
+        notify("READY=1")
+
+    def apply_config(self, new: Config) -> None:
+        """Make ``new`` the running configuration (``reload``, ``vpsadmindctl set config``)."""
         self.config = new
         configure_logging(new.log.level, new.log.format)
         if self.engine is not None:
@@ -101,8 +126,6 @@ class Daemon:
 
                 self.network.apply_config(new)
                 install(self.engine.ctx, self.network)
-        log.info("reloaded", path=self.config_path)
-        notify("READY=1")
 
     async def run(self) -> int:
         cfg = self.config
@@ -113,8 +136,10 @@ class Daemon:
         self.engine = engine
         from vpsadmind.control.server import ControlServer
 
-        # before engine.start(): status answers while the daemon still waits for the database
+        self._start_mounts(engine)
+        # before engine.start(): status answers while the daemon still waits for the database, and metrics say so
         self._tasks.append(asyncio.create_task(ControlServer(self).serve(), name="control"))
+        self._start_metrics()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -129,6 +154,9 @@ class Daemon:
             await engine.db.close()
             return EXIT_LOCKED
         self._start_bus(engine)
+        self._start_node_status(engine)
+        self._start_vps_status(engine)
+        self._start_delayed_mounter(engine)
         await self._start_network(engine)
         self._start_storage_reporter(engine)
         log.info("started", version=__version__, server_id=cfg.server_id, pid_queue_slots=engine.queues.capacity)
@@ -227,7 +255,89 @@ class Daemon:
                 log.error("storage_reporter_not_started", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(interval)
         log.info("storage_reporter_started", interval=interval, zfs=zfs.zfs_bin)
-        await StorageReporter(engine.db, zfs, server_id, events=self.bus, interval=interval).run()
+        reporter = StorageReporter(engine.db, zfs, server_id, events=self.bus, interval=interval)
+        self.reporters["storage"] = reporter
+        self.refreshers["storage"] = reporter.run_once
+        await reporter.run()
+
+    def _start_node_status(self, engine: Engine) -> None:
+        """``servers_status`` every ``status_interval`` (contract 10.3), retained on the bus beside the node's
+        online/offline status (whose Last Will the bus sets)."""
+        from vpsadmind.reporters.node_status import NodeStatusReporter
+
+        cfg = self.config
+        reporter = NodeStatusReporter(engine.db, cfg.server_id, events=self.bus, interval=cfg.status_interval,
+                                      vz_root=cfg.vz.vz_root)
+        self.node_status = reporter
+        self.reporters["node_status"] = reporter
+        self.refreshers["node_status"] = reporter.run_once
+        self._node_status = asyncio.create_task(reporter.run(), name="node-status")
+        log.info("node_status_reporter_started", interval=cfg.status_interval)
+
+    def _start_loop(self, name: str, loop: Any) -> None:
+        """A background loop with ``run()`` and a graceful ``stop()`` (a reporter, the delayed mounter),
+        stopped by :meth:`_stop_reporters` before the database closes."""
+        self.loops[name] = (loop, asyncio.create_task(loop.run(), name=name))
+
+    def _start_vps_status(self, engine: Engine) -> None:
+        """``vps_status`` of this node's VPSes every ``resources_interval`` (contract 10.4), on the bus too."""
+        if not self.config.update_vps_status:
+            return
+        from vpsadmind.handlers.vps_common import vz_for
+        from vpsadmind.reporters.vps_status import VpsStatusReporter
+
+        reporter = VpsStatusReporter(engine.db, vz_for(engine.ctx), self.config.server_id, events=self.bus,
+                                     interval=self.config.resources_interval)
+        self.reporters["vps_status"] = reporter
+        self.refreshers["vps_status"] = reporter.run_once
+        self._start_loop("vps-status", reporter)
+
+    def _start_delayed_mounter(self, engine: Engine) -> None:
+        """Retries the delayed mounts of running VPSes (contract 10.1); after engine.start(), because it
+        loads the mounts still marked delayed from the database."""
+        from vpsadmind.mounts.delayed import DelayedMounter
+
+        self._start_loop("delayed-mounts", DelayedMounter(engine.ctx))
+
+    def _start_mounts(self, engine: Engine) -> None:
+        from vpsadmind.mount_registry import Mounts, install
+
+        self.mounts = Mounts(engine.db)
+        install(engine.ctx, self.mounts)
+        self._tasks.append(asyncio.create_task(self.mounts.reporter.run(), name="mount-states"))
+
+    def _start_metrics(self) -> None:
+        """``metrics.enabled``: Prometheus metrics on ``metrics.listen:metrics.port`` (docs/metrics.md)."""
+        cfg = self.config.metrics
+        if not cfg.enabled:
+            return
+        from vpsadmind.metrics import MetricsServer, QueueDepth, render_metrics
+
+        depth = QueueDepth()
+        server = MetricsServer(lambda: render_metrics(self, depth), cfg.listen, cfg.port)
+        self._tasks.append(asyncio.create_task(server.serve(), name="metrics"))
+
+    async def _stop_reporters(self) -> None:
+        """Before the engine closes the database under them: the storage reporter is cancelled (it only reads
+        and updates usage), the node status report in progress may finish, queued mount states are written."""
+        if self._reporter is not None:
+            await _cancel(self._reporter)
+        task = self._node_status
+        if task is not None and self.node_status is not None:
+            self.node_status.stop()
+            done, _ = await asyncio.wait({task}, timeout=REPORTER_STOP_TIMEOUT)
+            if not done:
+                log.error("node_status_reporter_stuck", timeout=REPORTER_STOP_TIMEOUT)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        for name, (loop, task) in self.loops.items():
+            loop.stop()  # a round in progress (mount commands, vzctl exec) may finish
+            done, _ = await asyncio.wait({task}, timeout=REPORTER_STOP_TIMEOUT)
+            if not done:
+                log.error("loop_stuck_at_stop", loop=name, timeout=REPORTER_STOP_TIMEOUT)
+                await _cancel(task)
+        if self.mounts is not None:
+            await self.mounts.reporter.stop(REPORTER_STOP_TIMEOUT)
 
     def _start_watchdog(self) -> None:
         interval = watchdog_interval()
@@ -253,9 +363,7 @@ class Daemon:
         if code == EXIT_OK and self.exit_code:
             code = self.exit_code
         notify("STOPPING=1")
-        if self._reporter is not None:  # before the engine closes the database under it
-            self._reporter.cancel()
-            await asyncio.gather(self._reporter, return_exceptions=True)
+        await self._stop_reporters()
         await self._stop_traffic_reporter()
         await engine.stop(timeout=0 if self.force_stop else self.config.shutdown_timeout)
         await self._close_network()
@@ -269,6 +377,21 @@ class Daemon:
         await asyncio.gather(engine_task, stop_task, *self._tasks, return_exceptions=True)
         log.info("stopped", code=code)
         return code
+
+
+async def _cancel(task: asyncio.Task[Any], *, tries: int = 50) -> None:
+    """Cancel ``task`` and wait for it, cancelling again while it runs on: in Python 3.11 ``asyncio.wait_for``
+    (aiomysql connects with it) swallows a cancellation that arrives just as the wrapped call completes
+    (CPython gh-86296), and the task would then sleep through its next interval."""
+    for _ in range(tries):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if done:
+            break
+    else:
+        log.error("task_not_cancellable", task=task.get_name())
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: never "exception was never retrieved" at exit
 
 
 def run_daemon(config_path: str) -> int:

@@ -88,6 +88,9 @@ class ProgressBoard:
         self._sink = sink
         self.interval = interval
         self.open_streams: dict[int, Progress] = {}
+        # Bytes of the closed streams per kind: with the open ones, a monotonic total (vpsadmind/metrics.py).
+        self.closed_bytes: dict[str, int] = {}
+        self.closed_count: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def open(self, kind: str, *, chain_id: int, transaction_id: int, label: str,
@@ -105,10 +108,19 @@ class ProgressBoard:
             return
         p.finished = time.monotonic()
         p.error = error
+        self.closed_bytes[p.kind] = self.closed_bytes.get(p.kind, 0) + p.done
+        self.closed_count[p.kind] = self.closed_count.get(p.kind, 0) + 1
         self._publish(p)
 
     def items(self) -> list[dict[str, Any]]:
         return [p.as_dict() for p in self.open_streams.values()]
+
+    def total_bytes(self) -> dict[str, int]:
+        """Bytes moved per kind since the start: closed streams plus what the open ones moved so far."""
+        out = dict(self.closed_bytes)
+        for p in list(self.open_streams.values()):
+            out[p.kind] = out.get(p.kind, 0) + p.done
+        return out
 
     def _publish(self, p: Progress) -> None:
         sink = self._sink() if self._sink is not None else None

@@ -46,6 +46,10 @@ MAX_CLIENTS: Final = 64
 #: Seconds to wait for a slow reader when writing, and for clients to finish when the server closes.
 WRITE_TIMEOUT: Final = 10.0
 CLOSE_GRACE: Final = 2.0
+#: After refusing an oversized request, what the server still reads and drops (bytes, seconds) so that the
+#: close does not reset the connection before the client has read the reply.
+DISCARD_LIMIT: Final = 16 * 1024 * 1024
+DISCARD_TIMEOUT: Final = 2.0
 
 
 class ControlServer:
@@ -147,6 +151,10 @@ class ControlServer:
             reply = await self._handle(reader)
             if reply is not None:
                 await self._send(writer, reply)
+                if reply.get("error") == ERR_TOO_LARGE:
+                    if writer.can_write_eof():
+                        writer.write_eof()  # the reply is complete: a client reading on is not kept waiting
+                    await _discard(reader)
         except (ConnectionError, TimeoutError):
             pass  # the client went away or does not read
         except Exception:
@@ -215,6 +223,19 @@ class ControlServer:
         except Exception as exc:
             log.exception("control_command_crashed", command=name)
             return failed_reply(str(exc) or type(exc).__name__)
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    """Read and drop the rest of an oversized request, bounded by DISCARD_LIMIT and DISCARD_TIMEOUT: a UNIX
+    socket closed with unread data resets the connection, and the client would lose the reply."""
+    total = 0
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(DISCARD_TIMEOUT):
+            while total < DISCARD_LIMIT:
+                chunk = await reader.read(256 * 1024)
+                if not chunk:
+                    return
+                total += len(chunk)
 
 
 async def _clear_stale(path: str) -> None:

@@ -23,14 +23,16 @@ from vpsadmind.config import Config
 from vpsadmind.db import Database, is_connectivity_error
 from vpsadmind.db.node_tables import ensure_node_tables
 from vpsadmind.engine.journal import Journal
+from vpsadmind.engine.kill import Worker
 from vpsadmind.engine.model import ChainState, Direction, Result, Transaction, TSuccess
 from vpsadmind.engine.node_lock import NodeLock
 from vpsadmind.engine.queues import ROLLBACK_QUEUE, Queue, Queues
-from vpsadmind.engine.runner import handler_name, make_handler, run_transaction
+from vpsadmind.engine.runner import handler_name, make_handler
 from vpsadmind.engine.save import SaveOutcome, save_result
 from vpsadmind.engine.select import claim, find_interrupted, select_candidates
 from vpsadmind.errors import AgentError, NodeLocked
 from vpsadmind.handlers.base import START_HOOKS, Handler, HandlerContext
+from vpsadmind.metrics import TransactionMetrics
 from vpsadmind.progress import ProgressBoard, ProgressSink
 
 __all__ = ["Engine", "EventSink", "Running", "DB_VERSION"]
@@ -54,6 +56,15 @@ class Running:
     queue: Queue
     task: asyncio.Task[None]
     started: float = field(default_factory=time.time)
+    worker: Worker = field(default_factory=Worker)
+
+    @property
+    def step(self) -> str | None:
+        return self.worker.step
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker.pid
 
 
 class Engine:
@@ -77,7 +88,8 @@ class Engine:
         self.paused = False
         self.pause_after: int | None = None  # vpsadmindctl pause <t_id>: pause once it has finished
         self.stats: dict[str, int] = {"polls": 0, "started": 0, "saved": 0, "journaled": 0, "recovered": 0,
-                                      "claim_lost": 0}
+                                      "claim_lost": 0, "killed": 0}
+        self.metrics = TransactionMetrics()  # counters of saved results, exposed by vpsadmind/metrics.py
         self.start_time = time.time()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -259,19 +271,29 @@ class Engine:
 
     def _spawn(self, t: Transaction, queue: Queue, *, interrupted: bool = False) -> None:
         queue.running.add(t.chain_id)
-        task = asyncio.create_task(self._work(t, queue, interrupted), name=f"transaction-{t.t_id}")
+        worker = Worker()
+        task = asyncio.create_task(self._work(t, queue, interrupted, worker), name=f"transaction-{t.t_id}")
         self._workers.add(task)
         task.add_done_callback(self._workers.discard)
-        self.running[t.chain_id] = Running(t, queue, task)
+        self.running[t.chain_id] = Running(t, queue, task, worker=worker)
         self.stats["started"] += 1
 
-    async def _work(self, t: Transaction, queue: Queue, interrupted: bool) -> None:
+    def kill(self, chain_id: int) -> bool:
+        """``vpsadmindctl kill``: end the chain's running transaction as failed ``Killed`` (engine/kill.py)."""
+        r = self.running.get(chain_id)
+        if r is None or not r.worker.kill():
+            return False
+        self.stats["killed"] += 1
+        self.metrics.killed(r.transaction)
+        return True
+
+    async def _work(self, t: Transaction, queue: Queue, interrupted: bool, worker: Worker) -> None:
         structlog.contextvars.bind_contextvars(chain=t.chain_id, transaction=t.t_id,
                                                handler=handler_name(t.t_type), direction=t.direction.label)
         outcome: SaveOutcome | None = None
         try:
             log.info("transaction_start", t_type=t.t_type, queue=queue.name, interrupted=interrupted or None)
-            result, handler = await run_transaction(t, self.ctx, interrupted=interrupted)
+            result, handler = await worker.run(t, self.ctx, interrupted=interrupted)
             outcome = await self.save(t, result, handler)
             if outcome is not None:
                 self._after_save(t, result, outcome)
@@ -363,6 +385,8 @@ class Engine:
         log.info("transaction_saved", status=result.status.name.lower(), t_done=int(result.t_done),
                  chain_state=ChainState(out.chain_state).name.lower() if out.saved else None,
                  ms=int((result.finished_at - result.started_at).total_seconds() * 1000))
+        if out.saved:
+            self.metrics.saved(t, result, out)
         if not out.saved or self.events is None:
             return
         if out.next_server is not None and out.next_server != self.server_id:

@@ -11,7 +11,7 @@ from vpsadmind.errors import HandlerError, ParamError
 from vpsadmind.handlers.base import HANDLERS, Handler, HandlerContext, Outcome, Recovery
 from vpsadmind.handlers.params import parse_json_object, parse_params
 
-__all__ = ["make_handler", "run_transaction", "handler_name"]
+__all__ = ["make_handler", "run_transaction", "handler_name", "roll_back_failed"]
 
 _INTERRUPTED = ("interrupted: the daemon stopped while this transaction ran, and {name} is not safe to run "
                 "twice")
@@ -113,6 +113,11 @@ async def _run_exec(t: Transaction, h: Handler[Any], started: Any, interrupted: 
     outcome = await _recover_or_exec(h, Direction.EXECUTE, interrupted)
     if outcome.status != TSuccess.FAILED or t.reversible != Reversible.IS_REVERSIBLE:
         return _result(t, Direction.EXECUTE, started, outcome)
+    return await roll_back_failed(t, h, started, outcome)
+
+
+async def roll_back_failed(t: Transaction, h: Handler[Any], started: Any, outcome: Outcome) -> Result:
+    """The result of a reversible exec that failed with ``outcome`` (or was killed), after ``h.rollback()``."""
     # v2.0 rolls a failing reversible transaction back in the same worker; unlike v2.0 the original error is
     # kept beside the rollback's (contract 12.6).
     rb = await _call(h.rollback())

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from vpsadmind import system
 from vpsadmind.db import Tx
 from vpsadmind.engine.model import Direction, Result
 from vpsadmind.handlers.base import Handler, Outcome, Recovery, failed, handler, ok, warning
@@ -34,6 +35,7 @@ class ProbeParams:
     fail_rollback: bool = False
     warn: bool = False
     mark: bool = False                 # post_save writes sysconfig 'probe:<t_id>'
+    command: list[str] | None = None   # run this (vpsadmind.system.run) after the effect, before the sleep
 
 
 def _effect(path: str | None, line: str) -> None:
@@ -64,6 +66,8 @@ class Probe(Handler[ProbeParams]):
     async def exec(self) -> Outcome | None:
         p = self.params
         _effect(p.effects, f"exec {self.transaction.t_id}")
+        if p.command:
+            await system.run(p.command)
         if p.sleep:
             await asyncio.sleep(p.sleep)
         if p.fail:
