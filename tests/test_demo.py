@@ -3,7 +3,8 @@
 Each run uses its own database and MQTT topic prefix, so it neither clobbers ``vpsadmind_demo`` nor mixes
 its wake-ups and events with another demo on the same broker. The storage scenario runs on the fake-zfs harness
 always and on zfs-fuse when it is available (skipped otherwise, failing when ``CI=true``); the demo makes its
-own uniquely named pools and destroys them.
+own uniquely named pools and destroys them. The VPS scenario (node 1 on the fake vzctl, bind mounts) runs when the
+tests run as root, and nothing it mounted may stay mounted after the demo.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from vpsadmind.zfs.driver import Zfs
 
 pytestmark = pytest.mark.slow
 
+#: The VPS scenario needs bind mounts; without root the demo says it skipped it.
+VPS = os.geteuid() == 0
+VPS_STATES = {"vps_create": "done", "vps_mount": "done", "vps_stop": "done"} if VPS else {}
 EXPECTED_STATES = {"hop": "done", "noops": "done", "rollback": "failed", "keep_going": "done",
                    "storage_hv": "done", "storage_backup": "done", "storage_fail": "failed",
-                   "backup_full": "done", "backup_incr": "done"}
+                   "backup_full": "done", "backup_incr": "done", **VPS_STATES}
 BACKENDS = {"fuse": "zfs-fuse", "fake": "fake-zfs"}
 SNAP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
 
@@ -59,7 +63,7 @@ def run_demo(workdir: Path, database: str, *extra: str, env: dict[str, str] | No
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False, env=env)
 
 
-def check_storage(out: str, backend: str) -> None:
+def check_storage(out: str, backend: str, *, vps: bool = VPS) -> None:
     """The storage part of the report: both pools as zfs lists them, the snapshot post_save named, the
     properties Dataset::Create and Dataset::Set left, the rolled back dataset gone, the backup's snapshots on
     both nodes, the pools destroyed."""
@@ -75,7 +79,8 @@ def check_storage(out: str, backend: str) -> None:
     # storage_hv's snapshot, then one per backup chain (backup_full, backup_incr)
     snaps = [n.split("@")[1] for n in names1 if n.startswith(f"{fs}/101@")]
     assert len(snaps) == 3 and snaps[0] == snap.group(1) and snaps == sorted(snaps), names1
-    assert names1 == [pool1, fs, f"{fs}/101", *(f"{fs}/101@{s}" for s in snaps), f"{fs}/vpsadmin",
+    vps_datasets = [f"{fs}/201", f"{fs}/201/data"] if vps else []
+    assert names1 == [pool1, fs, f"{fs}/101", *(f"{fs}/101@{s}" for s in snaps), *vps_datasets, f"{fs}/vpsadmin",
                       f"{fs}/vpsadmin/download", f"{fs}/vpsadmin/mount"], out
     backup = re.findall(r"^  \$ zfs list -t all -o name -r (vd[0-9a-f]{8})\n((?:    \S+\n)+)", out, re.MULTILINE)
     assert len(backup) == 2, out
@@ -109,6 +114,38 @@ def check_storage(out: str, backend: str) -> None:
         assert pool1 not in live and pool2 not in live
 
 
+def check_vps(out: str, workdir: Path) -> None:
+    """The VPS report: running in vzlist with the conf the chain wrote and 1001's vps_status row, the VPS root and
+    the dataset bind-mounted below it, a file each way through the mount, then stopped with both mounts gone."""
+    if not VPS:
+        assert "VPS 201: not run (bind mounts need root)" in out, out
+        return
+    root = f"{workdir.resolve()}/fake-vz/root/vz/root/201"
+    assert re.search(r"^\s+201\s+12 running\s+-\s+demo-vps$", out, re.MULTILINE), out
+    assert '201.conf: HOSTNAME="demo-vps" NAMESERVER="192.0.2.53" CPUS="2" PHYSPAGES="0:262144" ' \
+           'SWAPPAGES="0:65536" ORIGIN_SAMPLE="vswap-512m" ONBOOT="yes"' in out, out
+    # 2003 gave it 1 GiB of RAM; the fake reports an eighth of it used
+    assert re.search(r"vps_status \(1001's post_save\): up 1, nproc 12, memory 128 MiB, disk \d+ MiB; "
+                     r"vps#201 confirmed=1", out), out
+    assert re.search(r"mounts#\d+ /mnt/data <- vd[0-9a-f]{8}/vz/201/data, current_state mounted; 5301 wrote ", out)
+    # target, fstype, source[path]: zfs-fuse names the dataset and its private/, fake-zfs the disk and the directory
+    assert re.search(rf"^    {re.escape(root)}\s+\S+\s+\S*201\S*/private\]$", out, re.MULTILINE), out
+    assert re.search(rf"^    {re.escape(root)}/mnt/data\s+\S+\s+\S*201\S*/private\]$", out, re.MULTILINE), out
+    assert "inside the VPS `cat /mnt/data/hello.txt`: 'written on the host into dataset 201/data'" in out
+    assert re.search(r"the host reads \S+/201/data/private/from-vps.txt: 'written inside VPS 201'", out), out
+    assert "after vps_stop: vps_status up 0, nproc 0, memory 0 MiB, disk 0 MiB; vzlist: 201 - stopped - demo-vps" in out
+    assert f"current_state unmounted (the .umount action script's report); mounted at or below {root}: nothing" in out
+    for row in ("datasets", "dataset_in_pools", "mounts"):
+        assert re.search(rf"^\s+{row}#\d+\s+vps_mount\s+confirmed=1\s+confirmed=1$", out, re.MULTILINE), (row, out)
+    assert re.search(r"^\s+dataset_properties#\d+\s+vps_create\s+confirmed=1\s+confirmed=1$", out, re.MULTILINE)
+
+
+def mounted_below(path: Path) -> list[str]:
+    prefix = f"{path.resolve()}/"
+    with open("/proc/self/mountinfo") as fh:
+        return [f.split()[4] for f in fh if f.split()[4].startswith(prefix)]
+
+
 def check_backup(out: str, snaps: list[str], branch: str) -> None:
     """The backup report: each Send's stream with its size, time and rate, and node 2's files identical to the
     source's at each backup's snapshot."""
@@ -133,9 +170,12 @@ def test_demo_ends_every_chain_as_expected(tmp_path: Path, demo_database: str, m
     for name, state in EXPECTED_STATES.items():
         assert re.search(rf"^\s+\d+\s+{name}\s+{state}\s", out, re.MULTILINE), f"{name} not {state}:\n{out}"
     assert ("Demo OK: hop done, noops done, rollback failed, keep_going done, storage_hv done, "
-            "storage_backup done, storage_fail failed, backup_full done, backup_incr done - every chain ended as "
-            "expected") in out
+            "storage_backup done, storage_fail failed, backup_full done, backup_incr done"
+            + (", vps_create done, vps_mount done, vps_stop done" if VPS else "")
+            + " - every chain ended as expected") in out
     check_storage(out, BACKENDS[zfs])
+    check_vps(out, tmp_path)
+    assert mounted_below(tmp_path) == [], "the demo left something mounted"
     assert "node1 exit code 0, node2 exit code 0" in out
     assert "Resource locks left: 0   port reservations left: 0" in out
     assert re.search(r"datasets#\d+\s+hop\s+confirmed=1\s", out)
@@ -160,7 +200,10 @@ def test_demo_falls_back_to_fake_zfs_without_zfs_fuse(tmp_path: Path, demo_datab
     proc = run_demo(tmp_path / "work", demo_database, env=env)
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout}\n{proc.stderr}"
     assert "Storage: fake-zfs (zfs-fuse cannot run here (zpool is not installed), --zfs auto)" in proc.stdout
-    check_storage(proc.stdout, "fake-zfs")
+    check_storage(proc.stdout, "fake-zfs", vps=False)
+    # without PATH there is no mount(8): the VPS scenario says why it did not run
+    assert ("VPS 201: not run (bind mounts need root)" if not VPS else
+            "VPS 201: not run (mount and umount not on PATH)") in proc.stdout
 
 
 def test_demo_refuses_a_bad_database_name(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ A scenario is a function that fires one or more chains and returns a :class:`Sce
 what each chain must end as (:class:`Expect`); add new ones to :func:`scenario_functions`. A scenario may also add a
 report of its own to :attr:`Demo.reports`, which prints what it checks and returns what differs. The storage
 scenario, with a backup of a dataset from node 1 to node 2 (full, then incremental), is in
-:mod:`vpsadmind.demo_transfer`.
+:mod:`vpsadmind.demo_transfer`; the VPS scenario (a VPS created, started, given a dataset mount and stopped on node
+1's fake vzctl, beside the backups) in :mod:`vpsadmind.demo_vps`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiomqtt
 import aiomysql
@@ -53,6 +54,9 @@ from vpsadmind.testing.handlers import PROBE, read_effects
 from vpsadmind.testing.process import DaemonProcess, write_config
 from vpsadmind.testing.zfspool import TempPool, unique_pool_name, zfs_unavailable
 from vpsadmind.zfs.driver import Zfs
+
+if TYPE_CHECKING:
+    from vpsadmind.demo_vps import FakeVzNode
 
 __all__ = ["Demo", "Expect", "Scenario", "Storage", "main", "run", "scenario_hop", "scenario_keep_going",
            "scenario_noops", "scenario_functions", "scenario_rollback"]
@@ -220,6 +224,7 @@ class Demo:
     reports: list[Report] = field(default_factory=list)
     connect: Callable[[], Awaitable[aiomysql.Connection]] | None = None
     waiters: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # chain id -> its waiter
+    vz: FakeVzNode | None = None  # node 1's fake OpenVZ (the VPS scenario)
 
     def effects(self, name: str) -> Path:
         return self.workdir / f"effects-{name}.txt"
@@ -571,14 +576,17 @@ def clean_workdir(workdir: Path) -> None:
 
 
 async def start_daemons(args: argparse.Namespace, settings: TestDbSettings, daemons: list[DaemonProcess],
-                        storage: Storage | None = None) -> None:
+                        storage: Storage | None = None, vz: FakeVzNode | None = None) -> None:
     mqtt: dict[str, Any] = ({"enabled": True, "host": args.mqtt_host, "port": args.mqtt_port,
                              "topic_prefix": args.topic_prefix} if not args.no_mqtt else {"enabled": False})
     for server_id, name, _ip in NODES:
+        extra = vz.daemon(server_id) if vz else None  # the VPS handlers, and node 1's fake vzctl
         cfg = write_config(args.workdir / f"{name}.yml", settings, args.database, server_id=server_id,
                            journal=args.workdir / f"journal{server_id}", check_interval=CHECK_INTERVAL, mqtt=mqtt,
-                           bin=storage.bin if storage else None, extra_vpsadmin={"queues": SEND_QUEUE})
-        daemons.append(DaemonProcess(cfg, args.workdir / f"{name}.log", env=storage.env if storage else None))
+                           bin=storage.bin if storage else None, sections=extra.sections if extra else None,
+                           extra_vpsadmin={"queues": SEND_QUEUE, **(extra.vpsadmin if extra else {})})
+        env = {**(storage.env if storage else {}), **(extra.env if extra else {})}
+        daemons.append(DaemonProcess(cfg, args.workdir / f"{name}.log", env=env))
     await asyncio.gather(*(asyncio.to_thread(d.start, timeout=20.0) for d in daemons))
     for (server_id, name, ip), d in zip(NODES, daemons, strict=True):
         say(f"  {name} (server_id {server_id}, {ip}): pid {d.pid}, config {d.config}, log {d.log}")
@@ -719,8 +727,10 @@ def report_mqtt(mqtt: Mqtt, daemons: Sequence[DaemonProcess]) -> None:
 
 
 async def demo(args: argparse.Namespace, daemons: list[DaemonProcess], pools: list[TempPool]) -> int:
+    from vpsadmind.demo_vps import HANDLER_MODULES, prepare_vz  # it builds on this module: imported once it runs
+
     settings = TestDbSettings.from_env()
-    import_handler_modules(["vpsadmind.testing.handlers"])  # handler names for the report
+    import_handler_modules(HANDLER_MODULES)  # handler names for the report
     say(f"vpsadmind demo: database {args.database} on {settings.describe()}, work directory {args.workdir}")
     await check_not_served(settings, args.database)
     clean_workdir(args.workdir)
@@ -728,17 +738,20 @@ async def demo(args: argparse.Namespace, daemons: list[DaemonProcess], pools: li
     storage = await select_storage(args.zfs, args.workdir)
     say(f"Storage: {storage.backend} ({storage.why}); one pool per node")
     await create_pools(storage, args.workdir, pools)
+    vz = await prepare_vz(args.workdir, storage)
+    say(f"VPS node: node1, {vz.describe()}")
     async with contextlib.AsyncExitStack() as stack:
         mqtt = Mqtt(args.mqtt_host, args.mqtt_port, args.topic_prefix, enabled=not args.no_mqtt)
         await mqtt.start(stack)
         say(f"MQTT: {mqtt.state}")
         say(f"\nStarting two daemons (check_interval {CHECK_INTERVAL:g} s"
             + (f", bin.zfs {storage.bin['zfs']}" if storage.bin else "") + ")")
-        await start_daemons(args, settings, daemons, storage)
+        await start_daemons(args, settings, daemons, storage, vz)
         conn = await connect(settings, args.database)
         stack.callback(conn.close)
         say("\nFiring chains as the API does (one DB transaction each, then the MQTT wake-up if MQTT is on)")
-        ctx = Demo(conn, mqtt, args.workdir, storage, args.deadline, connect=lambda: connect(settings, args.database))
+        ctx = Demo(conn, mqtt, args.workdir, storage, args.deadline, connect=lambda: connect(settings, args.database),
+                   vz=vz)
         stack.push_async_callback(ctx.stop_waiting)
         scenarios: list[Scenario] = []
         for scenario in scenario_functions():
@@ -783,9 +796,16 @@ async def finish(args: argparse.Namespace, daemons: list[DaemonProcess], pools: 
         f"{name} exit code {code}" for (_sid, name, _ip), code in zip(NODES, codes, strict=True)))
     problems = [f"{name} exited with {code}, expected 0"
                 for (_sid, name, _ip), code in zip(NODES, codes, strict=True) if code != 0]
+    problems += [f"left mounted after the daemons stopped (unmounted now): {m}" for m in await _release(args)]
     failed = await destroy_pools(pools)
     say(f"Pools destroyed: {', '.join(p.name for p in pools if not p.created) or 'none'}")
     return problems + failed
+
+
+async def _release(args: argparse.Namespace) -> list[str]:
+    from vpsadmind.demo_vps import release_mounts
+
+    return await release_mounts(args.workdir)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -814,6 +834,8 @@ async def run(args: argparse.Namespace) -> int:
         if not keep:  # daemons first: they may still run zfs commands on the pools
             left = [d for d in daemons if d.proc is not None and d.returncode is None]
             codes = await stop_daemons(left, timeout=10.0) if left else None
+            if mounts := await _release(args):  # a bind mount into a pool would keep it busy, or stay in /tmp
+                say(f"Unmounted what the VPS left mounted: {', '.join(mounts)}")
             left_pools = [p for p in pools if p.created or p.directory]
             failed = await destroy_pools(left_pools) if left_pools else None
             if codes is not None:

@@ -94,8 +94,12 @@ async def scenario_storage(demo: Demo) -> list[Scenario]:
       Branch::Create;
     * ``storage_fail`` (node 1, fired once storage_hv is done, as it needs the pool): Dataset::Create 102,
       Dataset::Snapshot, a failing probe: the chain rolls back, 102 and its snapshot are gone;
-    * ``backup_full`` and ``backup_incr`` (once storage_backup is done): see :func:`scenario_backup`.
+    * ``backup_full`` and ``backup_incr`` (once storage_backup is done): see :func:`scenario_backup`;
+    * beside them, once node 1's pool exists, the VPS scenario of :mod:`vpsadmind.demo_vps` (its datasets are in
+      that pool, so this report lists them too).
     """
+    from vpsadmind.demo_vps import vps_beside  # it builds on this module
+
     st = demo.storage
     assert st is not None, "the storage scenario needs pools"
     run = StorageRun({sid: await demo.insert("pools", node_id=sid, label=f"{NODES[sid - 1][1]} {what}",
@@ -103,10 +107,12 @@ async def scenario_storage(demo: Demo) -> list[Scenario]:
                       for sid, (role, what, _fs) in POOL_ROLES.items()})
     hv = await _storage_hv(demo, st, run)
     backup = await _storage_backup(demo, st, run)
-    await demo.ended(hv)  # storage_fail needs node 1's pool
-    fail = await _storage_fail(demo, st, run)
+    await demo.ended(hv)  # storage_fail and the VPS need node 1's pool
     demo.reports.append(lambda: report_storage(demo, st, run))
-    return [hv, backup, fail, *await scenario_backup(demo, st, run, backup)]
+    async with vps_beside(demo, st, run) as vps:  # its chains run while the backups do
+        fail = await _storage_fail(demo, st, run)
+        backups = await scenario_backup(demo, st, run, backup)
+    return [hv, backup, fail, *backups, *vps.scenarios]
 
 
 async def _storage_hv(demo: Demo, st: Storage, run: StorageRun) -> Scenario:
