@@ -222,7 +222,7 @@ async def test_refresh_reports_node_status_now(db: aiomysql.Connection, daemon_c
         await asyncio.sleep(0.5)
         await db.query("DELETE FROM servers_status")
         rc, out, _ = await d.ctl("refresh")
-        assert (rc, out) == (0, "Refreshed node_status, vps_status\n")
+        assert (rc, out) == (0, "Refreshed node_status\n")
         rows = await fetch(db, "SELECT server_id, kernel, daemon FROM servers_status")
         assert rows == [{"server_id": 1, "kernel": d.daemon.node_status.last.kernel, "daemon": 0}]  # type: ignore[union-attr]
 
@@ -232,8 +232,7 @@ async def test_refresh_reports_node_status_now(db: aiomysql.Connection, daemon_c
         d.daemon.refreshers["storage"] = broken
         reply = await acall("refresh", socket_path=d.sock)
         assert reply.error == {"error": "refresh of storage failed: RuntimeError: zfs is gone",
-                               "failed": {"storage": "RuntimeError: zfs is gone"},
-                               "refreshed": ["node_status", "vps_status"]}
+                               "failed": {"storage": "RuntimeError: zfs is gone"}, "refreshed": ["node_status"]}
 
 
 async def test_update_refuses_without_a_new_version_then_restarts_with_200(
@@ -262,10 +261,10 @@ async def test_set_config_changes_the_running_configuration(daemon_config: Path,
         assert d.engine.ctx.config.mailer.smtp_server == "mx.example.org"
         config = (await arequest("get", {"resource": "config"}, socket_path=d.sock))["config"]
         assert config["vpsadmin"]["queues"]["general"]["threads"] == 2
-        # v2.0's ctl sends "false" as a string: read as the boolean the key holds
+        # v2.0's ctl sends "true"/"false" as strings: read as the boolean the key holds
         reply = await arequest("set", {"resource": "config", "config": [{"vpsadmin": {"update_vps_status":
-                                                                                    "false"}}]}, socket_path=d.sock)
-        assert reply == {"changed": ["vpsadmin.update_vps_status"]} and d.daemon.config.update_vps_status is False
+                                                                                    "true"}}]}, socket_path=d.sock)
+        assert reply == {"changed": ["vpsadmin.update_vps_status"]} and d.daemon.config.update_vps_status is True
         for argv, err in ((["vpsadmin.check_interval=soon"], "vpsadmin.check_interval"),
                           (["vpsadmin.no_such=1"], "unknown key"),
                           (["db.pass=x"], "db.pass: takes effect only at start"),

@@ -34,10 +34,12 @@ def write_config(path: Path, settings: TestDbSettings, database: str, *, server_
                "pass": settings.password, "name": database, "retry_interval": 1, "connect_timeout": 2,
                **(db_extra or {})},
         # init and track_transfers off: a test daemon must not touch the iptables and tc of the machine it
-        # runs on (a test that wants them points bin.iptables/tc into a network namespace)
+        # runs on (a test that wants them points bin.iptables/tc into a network namespace); update_vps_status
+        # off: there is no vzctl here (a test that wants the reporter points vz.vzlist at fake-vzlist)
         "vpsadmin": {"server_id": server_id, "check_interval": check_interval, "shutdown_timeout": 10,
                      "handler_modules": ["vpsadmind.testing.handlers"], "db_version_interval": 0.5,
-                     "init": False, "track_transfers": False, **(extra_vpsadmin or {})},
+                     "init": False, "track_transfers": False, "update_vps_status": False,
+                     **(extra_vpsadmin or {})},
         "journal": {"path": str(journal)},
         "mqtt": mqtt or {"enabled": False},
         "log": {"level": log_level, "format": "json"},
