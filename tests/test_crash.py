@@ -173,6 +173,7 @@ async def test_db_outage_loses_no_result_and_reruns_nothing(private_db: Any, dae
     d.wait_for_event("result_journaled", timeout=15)
     journal = list((tmp_path / "journal1").glob("*.json"))
     assert len(journal) == 1
+    assert effects not in journal[0].read_text()  # no t_param on disk: it may carry a password (2002)
     d.kill()                                 # and the daemon dies during the outage
     private_db.start()
     daemon_factory(settings=settings, database="vpsadmind_outage", name="again").start()

@@ -409,6 +409,10 @@ class Engine:
         """Save every result a previous run journaled during a database outage."""
         entries = self.journal.entries()
         for entry in entries:
+            if entry.transaction.t_param is None:  # the journal keeps no params (secrets): the row still has them
+                row = await self.db.fetchone("SELECT t_param FROM transactions WHERE t_id = %s",
+                                             (entry.transaction.t_id,))
+                entry.transaction.t_param = row["t_param"] if row is not None else None
             handler = None
             with contextlib.suppress(Exception):
                 handler = make_handler(entry.transaction, self.ctx)

@@ -3,7 +3,8 @@
 A result is computed once. If MySQL is gone when it should be saved, the result goes to one file here before
 anything else happens; the daemon keeps retrying the save, and at start it replays whatever the journal
 still holds before it recovers interrupted transactions. So an outage, or a crash during one, loses no result
-and runs no handler twice.
+and runs no handler twice. The transaction's ``t_param`` is not written (it may carry secrets): replay takes it
+from the database again, which must be up for the replay anyway.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class JournalEntry:
                 "t_id": t.t_id, "transaction_chain_id": t.chain_id, "t_type": t.t_type, "t_server": t.t_server,
                 "t_vps": t.t_vps, "t_depends_on": t.t_depends_on, "t_urgent": t.t_urgent,
                 "t_priority": t.t_priority, "t_success": t.t_success, "t_done": t.t_done,
-                "t_param": t.t_param, "reversible": t.reversible, "queue": t.queue,
+                # Not t_param: it may hold a root password (2002) or a private key (7), and the database
+                # that will take the result keeps it anyway; replay reads it from there.
+                "t_param": None, "reversible": t.reversible, "queue": t.queue,
                 "chain_state": t.chain_state, "chain_progress": t.chain_progress, "chain_size": t.chain_size,
                 "urgent_rollback": t.urgent_rollback, "t_output": t.t_output,
             },
