@@ -22,13 +22,12 @@ Example::
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+
+from vpsadmind.testing.faultfile import FaultFile
 
 __all__ = ["Fault", "KINDS", "inject", "clear", "load", "take", "no_space", "busy", "slow", "break_send"]
 
@@ -60,74 +59,24 @@ class Fault:
         return any(fnmatchcase(name, self.dataset) for name in names)
 
 
-def _path(root: str | Path) -> Path:
-    return Path(root) / "faults.json"
-
-
-def _locked(root: str | Path) -> int:
-    fd = os.open(Path(root) / "faults.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-def _read(root: str | Path) -> list[Fault]:
-    try:
-        data = json.loads(_path(root).read_text())
-    except FileNotFoundError:
-        return []
-    return [Fault(**item) for item in data.get("faults", [])]
-
-
-def _write(root: str | Path, faults: list[Fault]) -> None:
-    path = _path(root)
-    tmp = path.with_name(f"faults.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"faults": [asdict(f) for f in faults]}, indent=1))
-    os.replace(tmp, path)
-
-
 def load(root: str | Path) -> list[Fault]:
     """The faults still pending."""
-    return _read(root)
+    return FaultFile(root, Fault).load()
 
 
 def inject(root: str | Path, fault: Fault) -> Fault:
-    Path(root).mkdir(parents=True, exist_ok=True)
-    fd = _locked(root)
-    try:
-        _write(root, [*_read(root), fault])
-    finally:
-        os.close(fd)
-    return fault
+    return FaultFile(root, Fault).inject(fault)
 
 
 def clear(root: str | Path) -> None:
-    fd = _locked(root)
-    try:
-        _path(root).unlink(missing_ok=True)
-    finally:
-        os.close(fd)
+    FaultFile(root, Fault).clear()
 
 
 def take(root: str | Path, kinds: Iterable[str], verb: str, names: Iterable[str], *,
          program: str = "zfs") -> Fault | None:
     """Consume one firing of the first pending fault of one of ``kinds`` that matches; None if there is none."""
-    if not _path(root).exists():
-        return None
     kinds, names = set(kinds), list(names)
-    fd = _locked(root)
-    try:
-        faults = _read(root)
-        for index, fault in enumerate(faults):
-            if fault.kind in kinds and fault.matches(program, verb, names):
-                if fault.remaining is not None:
-                    fault.remaining -= 1
-                    if fault.remaining <= 0:
-                        del faults[index]
-                    _write(root, faults)
-                return fault
-        return None
-    finally:
-        os.close(fd)
+    return FaultFile(root, Fault).take(lambda f: f.kind in kinds and f.matches(program, verb, names))
 
 
 def no_space(root: str | Path, verb: str = "*", dataset: str = "*", count: int | None = 1) -> Fault:
