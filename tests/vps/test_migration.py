@@ -123,10 +123,10 @@ async def migration(db: aiomysql.Connection, src: VzNode, dst: VzNode, *, fail: 
     ch.append(4001, server=2, vps=101, params={"src_node_addr": NODE_IPS[1], "local": False, "dst_vps": 101})
     ch.append(4002, server=2, vps=101, params={})
     ch.append(5204, server=1, vps=101, params={"pool_fs": a.pool_fs, "dataset_name": "101", "snapshot_id": s1})
-    append_transfer(ch, a, b, [_Snap(s1)])  # type: ignore[list-item]
+    append_transfer(ch, a, b, [_Snap(s1)])
     ch.append(1002, server=1, vps=101, params={})
     ch.append(5204, server=1, vps=101, params={"pool_fs": a.pool_fs, "dataset_name": "101", "snapshot_id": s2})
-    append_transfer(ch, a, b, [_Snap(s1), _Snap(s2)])  # type: ignore[list-item]
+    append_transfer(ch, a, b, [_Snap(s1), _Snap(s2)])
     ch.append(2007, server=1, vps=101, params={"addr": IP, "version": 4, "unregister": False})
     ch.append(2006, server=2, vps=101, params={"addr": IP, "version": 4, "register": False})
     ch.append(1001, server=2, vps=101, params={})

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from vpsadmind.testing.chains import ChainBuilder
 
-__all__ = ["Side", "Snap", "append_transfer", "append_initial", "append_local"]
+__all__ = ["Side", "Snap", "SnapshotParam", "append_transfer", "append_initial", "append_local"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,14 @@ class Snap:
         return {"id": self.id, "name": self.name, "confirmed": 1 if confirmed else "confirmed"}
 
 
-def append_transfer(builder: ChainBuilder, src: Side, dst: Side, snapshots: Sequence[Snap], *,
+class SnapshotParam(Protocol):
+    """What a transfer step needs of a snapshot: its ``snapshots`` param (a :class:`Snap`, or a snapshot the
+    chain itself takes, whose name the daemon looks up by id)."""
+
+    def param(self, *, confirmed: bool = True) -> dict[str, Any]: ...
+
+
+def append_transfer(builder: ChainBuilder, src: Side, dst: Side, snapshots: Sequence[SnapshotParam], *,
                     confirmed: bool = True) -> ChainBuilder:
     """Recv, Send, RecvCheck of ``snapshots`` (one: a full stream; more: ``-I first last``)."""
     snaps = [s.param(confirmed=confirmed) for s in snapshots]
@@ -63,7 +70,7 @@ def append_transfer(builder: ChainBuilder, src: Side, dst: Side, snapshots: Sequ
     return builder
 
 
-def append_initial(builder: ChainBuilder, src: Side, dst: Side, snapshots: Sequence[Snap], *,
+def append_initial(builder: ChainBuilder, src: Side, dst: Side, snapshots: Sequence[SnapshotParam], *,
                    confirmed: bool = True) -> ChainBuilder:
     """The API's initial transfer: the oldest snapshot in full, then ``-I`` from it to the newest."""
     append_transfer(builder, src, dst, snapshots[:1], confirmed=confirmed)
