@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from vpsadmind.db.node_tables import NODE_TABLES_DDL
 from vpsadmind.testing import chains
 from vpsadmind.testing.api_types import API_TYPES, KEEP_GOING, QUEUES, api_type
 from vpsadmind.testing.chains import (
@@ -189,7 +190,7 @@ async def test_async_create_and_drop_database(db_settings: TestDbSettings, test_
         try:
             assert await scalar(conn, "SELECT cfg_value FROM sysconfig WHERE cfg_name = 'db_version'") == "15"
             assert await scalar(conn, "SELECT COUNT(*) FROM information_schema.TABLES "
-                                      "WHERE TABLE_SCHEMA = DATABASE()") == len(TABLES)
+                                      "WHERE TABLE_SCHEMA = DATABASE()") == len(TABLES) + len(NODE_TABLES_DDL)
         finally:
             conn.close()
         await create_database(name, db_settings)  # re-creating an existing database is fine

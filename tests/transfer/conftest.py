@@ -122,10 +122,14 @@ def anyio_backend() -> str:
 
 
 async def assert_no_leftovers(db: aiomysql.Connection, *nodes: Node) -> None:
-    """No hold on any snapshot of the nodes' pools, no hold in the ledger, no receiver's port left open."""
+    """No hold on any snapshot of the nodes' pools, no hold in the ledger, no transfer row (with its secret) of a
+    closed chain, no receiver's port left open."""
     async with db.cursor() as cur:
         await cur.execute("SELECT tag, snapshot FROM vpsadmind_holds")
         assert list(await cur.fetchall()) == []
+        await cur.execute("SELECT t.id, t.chain_id, c.state FROM vpsadmind_transfers t JOIN transaction_chains c "
+                          "ON c.id = t.chain_id WHERE c.state IN (2, 4)")
+        assert list(await cur.fetchall()) == [], "transfer rows of closed chains are left"
     for n in nodes:
         out = sh("zfs", "get", "-H", "-p", "-r", "-o", "name,value", "userrefs", n.pool.name)
         held = [line for line in out.splitlines() if "@" in line and not line.endswith("\t0")]

@@ -87,6 +87,9 @@ async def close_chain(tx: Tx, chain: dict[str, Any], direction: Direction, state
     if state is not ChainState.FATAL:
         errors = await apply_chain_confirmations(tx, chain_id, direction)
         await release_chain(tx, chain_id)
+        # A closed chain needs no transfer rows (a rollback of its Recv ran before this close); their
+        # secrets must not outlive it. A fatal chain keeps them for whoever resolves it.
+        await tx.execute("DELETE FROM vpsadmind_transfers WHERE chain_id = %s", (chain_id,))
     # v2.0: a chain closed in the execute direction counts its last step; a rollback or fatal close resets.
     closing_forward = state is not ChainState.FATAL and direction is Direction.EXECUTE
     progress = int(chain["progress"]) + 1 if closing_forward else 0

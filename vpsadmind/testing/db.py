@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Final
 import aiomysql
 import pymysql
 
+from vpsadmind.db.node_tables import NODE_TABLES_DDL
+
 __all__ = [
     "DB_VERSION",
     "SCHEMA_DIR",
@@ -153,6 +155,8 @@ def _create_statements(name: str) -> list[str]:
         f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci",
         f"USE `{name}`",
         *schema_statements(),
+        # the daemon's own tables, as every daemon makes them at start (vpsadmind/db/node_tables.py)
+        *NODE_TABLES_DDL,
     ]
 
 
