@@ -117,6 +117,26 @@ async def test_rollback_destroys_only_what_the_transfer_received(db: aiomysql.Co
     await assert_no_leftovers(db, n1, n2)
 
 
+async def test_rollback_destroys_the_intermediate_snapshots_of_an_i_stream(db: aiomysql.Connection,
+                                                                           nodes: tuple[Node, Node]) -> None:
+    """``zfs send -I s1 s3`` brings s2 along; a params list naming only s1 and s3 must not leave s2 behind on a
+    rollback (found by the soak): Recv destroys what the target did not have before, whatever the list says."""
+    n1, n2 = nodes
+    src, dst, s1, branch = await _source(db, n1, n2)
+    chain, _ = await run(db, append_initial(ChainBuilder("backup"), src, dst, [s1]), n1, n2)
+    assert chain["state"] == ChainState.DONE
+    write_files(n1.pool.mounted_path(f"{n1.pool.name}/101"), "b")
+    await take_snapshot(db, n1.pool, "101", "2026-11-26T01:00:00")
+    s3 = await take_snapshot(db, n1.pool, "101", "2026-11-27T01:00:00")
+    builder = append_transfer(ChainBuilder("backup"), src, dst, [s1, s3])
+    builder.append(90001, server=2, params={"fail": True})
+    chain, rows = await run(db, builder, n1, n2)
+    assert chain["state"] == ChainState.FAILED, [output(r) for r in rows]
+    assert n2.pool.snapshots(branch) == [s1.name]
+    assert output(rows[0])["destroyed"] == [s3.name, "2026-11-26T01:00:00"]
+    await assert_no_leftovers(db, n1, n2)
+
+
 async def test_restore_from_the_backup_into_a_rollback_dataset(db: aiomysql.Connection,
                                                                nodes: tuple[Node, Node]) -> None:
     n1, n2 = nodes
@@ -196,3 +216,46 @@ async def test_hostile_params_fail_before_any_command(db: aiomysql.Connection, n
         assert chain["state"] == ChainState.FAILED
         assert field in output(rows[0])["error"], (field, output(rows[0]))
         assert n2.pool.state() == before
+
+
+async def test_stalled_incremental_sender_leaves_no_hold_on_its_range(db: aiomysql.Connection,
+                                                                     nodes: tuple[Node, Node]) -> None:
+    """zfs-fuse's ``zfs send -I`` holds every snapshot of its range (tag ``.send-<pid>-0``) and keeps those holds
+    for ever when it is killed: the stall watchdog's kill made the next destroy of any of them fail as held (the
+    soak found it as a fatal rollback of Dataset::Snapshot). Send releases them when its stream fails."""
+    n1, n2 = nodes
+    src, dst, s1, _branch = await _source(db, n1, n2, size=1024 * 1024, count=4)
+    state, rows = await run(db, append_initial(ChainBuilder("first"), src, dst, [s1]), n1, n2)
+    assert state["state"] == ChainState.DONE, [output(r) for r in rows]
+    private = n1.pool.mounted_path(f"{n1.pool.name}/101")
+    write_files(private, "b", count=12, size=1024 * 1024)
+    s2 = await take_snapshot(db, n1.pool, "101", "2026-11-25T02:00:00")
+    write_files(private, "c", count=12, size=1024 * 1024)
+    s3 = await take_snapshot(db, n1.pool, "101", "2026-11-25T03:00:00")
+    import dataclasses
+    for n in (n1, n2):
+        n.cfg = dataclasses.replace(n.cfg, transfer=dataclasses.replace(n.cfg.transfer, stall_timeout=2.0))
+    fired = await append_transfer(ChainBuilder("incr"), src, dst, [s1, s2, s3]).fire(db)
+    stopped: list[int] = []
+    async with running_engine(n2.cfg), running_engine(n1.cfg):
+        for _ in range(400):  # freeze the sender's zfs send as soon as it runs (zfs-fuse shows "@" as " ")
+            found = subprocess.run(["pgrep", "-f", f"zfs send -I {n1.pool.name}/101"], capture_output=True,
+                                   text=True)
+            if found.stdout.split():
+                stopped = [int(p) for p in found.stdout.split()]
+                for pid in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                break
+            await asyncio.sleep(0.01)
+        assert stopped, "zfs send never ran"
+        try:
+            chain = await wait_chain(db, fired.chain_id, timeout=60)
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+    rows = await transactions_of(db, fired.chain_id)
+    assert chain["state"] == ChainState.FAILED, [output(r) for r in rows]
+    await assert_no_leftovers(db, n1, n2)  # userrefs 0 on every snapshot of both pools
+    for snap in (s2, s3):
+        sh("zfs", "destroy", f"{n1.pool.name}/101@{snap.name}")

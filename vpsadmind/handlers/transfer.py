@@ -6,8 +6,9 @@ The moving parts live in :mod:`vpsadmind.transfer`: Recv leaves a :class:`~vpsad
 Receiver` listening as a chain blocker and records the transfer (its secret, the target's snapshots before)
 in ``vpsadmind_transfers``; Send reads the secret from there and streams; RecvCheck, once the receiver ended,
 compares the guid of the last snapshot with the one the sender announced. Snapshots in use are held
-(``vpsadmind_holds`` ledger) and always released. Rollback of Recv destroys only the snapshots that the
-target did not have before this transfer, so never the common base.
+(``vpsadmind_holds`` ledger) and always released. Rollback of Recv (and of LocalSend) destroys only the
+snapshots that the target did not have before this transfer, so never the common base, and rolls the target's
+files back to the newest snapshot it keeps.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from vpsadmind.transfer.sender import SendSpec, local_send, send
 from vpsadmind.transfer.store import TransferRow, TransferStore
 from vpsadmind.transfer.wire import new_secret
 from vpsadmind.zfs.driver import Zfs
-from vpsadmind.zfs.errors import DatasetNotFound
+from vpsadmind.zfs.errors import DatasetNotFound, ZfsError
 
 __all__ = ["Recv", "Send", "RecvCheck", "LocalSend", "resolve_names"]
 
@@ -283,18 +284,43 @@ class Recv(Handler[RecvParams]):
         names = await resolve_names(self.ctx.db, p.snapshots)
         keep = set(row.existing) if row is not None else ({names[0]} if len(names) > 1 else set())
         target = p.target()
-        destroyed = []
         await zfs.abort_resumable(target)
-        for name in reversed(names):
-            if name not in keep:
-                await zfs.destroy(f"{target}@{name}", missing_ok=True)
-                destroyed.append(name)
+        destroyed = await _undo_receive(zfs, target, names, keep, known_before=row is not None)
         await holds.release_all(zfs, store, transaction_id=t.t_id)
         if row is not None:
             if not row.target_existed and await zfs.exists(target) and not await zfs.snapshots(target):
                 await zfs.destroy(target, missing_ok=True)  # the receive made it; nothing of it is left
             await store.delete(row.id)
         return ok(destroyed=destroyed)
+
+
+async def _undo_receive(zfs: Zfs, target: str, names: list[str], keep: set[str], *,
+                        known_before: bool = False) -> list[str]:
+    """Destroy, newest first, those of ``names`` that arrived on ``target`` and it did not have (``keep``), then
+    roll ``target`` back to the newest snapshot it keeps. A receive leaves the files at the last snapshot it
+    received, and destroying that snapshot does not change them: without the rollback the target would hold
+    the data of snapshots it no longer has. What it held before the receive is what that snapshot holds:
+    ``recv -F`` had rolled it back to its newest snapshot first. Nothing arrived: nothing is rolled back.
+
+    ``known_before``: ``keep`` is every snapshot the target had before (recorded at Recv), so whatever else it
+    has now arrived with this stream and goes too, also the intermediate snapshots of a ``-I`` stream that
+    ``names`` (the API's list) lacks. The chain's locks keep any other writer away."""
+    try:
+        present_snaps = await zfs.snapshots(target)
+    except DatasetNotFound:
+        return []
+    present = {s.short for s in present_snaps}
+    if known_before:
+        names = [s.short for s in present_snaps]
+    destroyed = []
+    for name in reversed(names):
+        if name not in keep and name in present:
+            await zfs.destroy(f"{target}@{name}", missing_ok=True)
+            destroyed.append(name)
+    left = await zfs.snapshots(target) if destroyed else []
+    if left:
+        await zfs.rollback(left[-1].name)
+    return destroyed
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -332,14 +358,22 @@ class Send(Handler[SendParams]):
                         _estimate(props, base, last))
         taken = await holds.take(zfs, store, [s for s in (base, last) if s], chain_id=t.chain_id,
                                  transaction_id=t.t_id)
+        spawned: list[int] = []
+        sent = False
         try:
             result = await send(spec, argv_for=lambda token, since: zfs.send_argv(last, base=since or base,
                                                                                     resume_token=token),
-                                config=cfg, board=self.ctx.progress, resumable=zfs.caps.resumable_receive)
+                                config=cfg, board=self.ctx.progress, resumable=zfs.caps.resumable_receive,
+                                spawned=spawned)
+            sent = True
         except TransferError as exc:
             raise fail(str(exc), addr=p.addr, port=p.port, snapshot=last) from exc
         finally:
-            await holds.release(zfs, store, taken)
+            try:
+                if not sent:  # a killed zfs send of zfs-fuse leaves holds on its whole range
+                    await zfs.release_send_holds(spawned, last, base=base)
+            finally:
+                await holds.release(zfs, store, taken)
         return ok(bytes=result.bytes, seconds=round(result.seconds, 3), rate=round(result.rate),
                   attempts=result.attempts, resumed=result.resumed)
 
@@ -428,19 +462,26 @@ class LocalSend(Handler[LocalSendParams]):
                                  transaction_id=t.t_id)
         progress = self.ctx.progress.open("local", chain_id=t.chain_id, transaction_id=t.t_id,
                                           label=f"{last} -> {dst}")
-        error = None
-        remount = await zfs.prepare_receive(dst)
-        try:
+        error, remount, moved = None, False, None
+        spawned: list[int] = []
+        try:  # from here on the holds are released whatever fails, the unmount for the receive included
+            remount = await zfs.prepare_receive(dst)
             moved = await local_send(zfs.send_argv(last, base=base), zfs.recv_argv(dst), progress=progress,
-                                     config=self.ctx.config.transfer)
-        except TransferError as exc:
+                                     config=self.ctx.config.transfer, spawned=spawned)
+        except (TransferError, ZfsError) as exc:
             error = str(exc)
             raise fail(error, snapshot=last, target=dst) from exc
         finally:
             self.ctx.progress.close(progress, error=error)
-            if remount:
-                await zfs.mount(dst)
-            await holds.release(zfs, store, taken)
+            try:
+                if remount:
+                    await zfs.mount(dst)
+            finally:
+                try:
+                    if moved is None:  # a killed zfs send of zfs-fuse leaves holds on its whole range
+                        await zfs.release_send_holds(spawned, last, base=base)
+                finally:
+                    await holds.release(zfs, store, taken)
         return ok(existing=_snapshot_names(before), target_existed=existed, bytes=moved,
                   seconds=round(progress.seconds, 3))
 
@@ -452,11 +493,7 @@ class LocalSend(Handler[LocalSendParams]):
         saved = out.get("existing")
         keep = set(saved) if isinstance(saved, list) else ({names[0]} if len(names) > 1 else set())
         dst = p.target()
-        destroyed = []
-        for name in reversed(names):
-            if name not in keep:
-                await zfs.destroy(f"{dst}@{name}", missing_ok=True)
-                destroyed.append(name)
+        destroyed = await _undo_receive(zfs, dst, names, keep, known_before=isinstance(saved, list))
         if out.get("target_existed") is False and await zfs.exists(dst) and not await zfs.snapshots(dst):
             await zfs.destroy(dst, missing_ok=True)
         return ok(destroyed=destroyed)

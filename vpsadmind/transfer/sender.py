@@ -77,9 +77,10 @@ class SendResult:
 
 
 async def send(spec: SendSpec, *, argv_for: Any, config: TransferConfig, board: ProgressBoard,
-               resumable: bool) -> SendResult:
+               resumable: bool, spawned: list[int] | None = None) -> SendResult:
     """Stream to the receiver; ``argv_for(token, base)`` gives the ``zfs send`` argv: resuming from
-    ``token``, or incremental from ``base`` instead of the spec's base (the rest after a resumed stream)."""
+    ``token``, or incremental from ``base`` instead of the spec's base (the rest after a resumed stream).
+    The pid of every ``zfs send`` started is appended to ``spawned`` (see :meth:`Zfs.release_send_holds`)."""
     framed = config.protocol != "nc"
     progress = board.open("send", chain_id=spec.chain_id, transaction_id=spec.transaction_id,
                           label=f"{spec.snapshot} -> {spec.addr}:{spec.port}", total=spec.estimate)
@@ -91,7 +92,7 @@ async def send(spec: SendSpec, *, argv_for: Any, config: TransferConfig, board: 
             attempt += 1
             try:
                 token, latest = await _attempt(spec, argv_for, base, config, progress, framed=framed,
-                                               resumable=resumable, attempt=attempt)
+                                               resumable=resumable, attempt=attempt, spawned=spawned)
             except (StreamBroken, ConnectionError) as exc:
                 if not framed or attempt > RETRIES:
                     raise
@@ -147,7 +148,7 @@ def _handshake(sock: socket.socket, spec: SendSpec, resumable: bool, attempt: in
 
 async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: TransferConfig,
                    progress: Progress, *, framed: bool, resumable: bool,
-                   attempt: int = 1) -> tuple[str | None, str | None]:
+                   attempt: int = 1, spawned: list[int] | None = None) -> tuple[str | None, str | None]:
     """One connection; returns the resume token it used and, after a resumed stream, the newest snapshot
     the receiver has now."""
     sock = await _connect(spec.addr, spec.port)
@@ -162,7 +163,7 @@ async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: Tran
         token = hello.get("token") if isinstance(hello.get("token"), str) and hello.get("token") else None
         if token is None and base is None:
             progress.done = 0  # a new stream from the start
-        answer = await _stream(sock, argv_for(token, base), config, progress, framed=framed)
+        answer = await _stream(sock, argv_for(token, base), config, progress, framed=framed, spawned=spawned)
         latest = answer.get("latest")
         return token, latest if isinstance(latest, str) and latest else None
     finally:
@@ -171,7 +172,7 @@ async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: Tran
 
 
 async def _stream(sock: socket.socket, argv: list[str], config: TransferConfig, progress: Progress, *,
-                  framed: bool) -> dict[str, Any]:
+                  framed: bool, spawned: list[int] | None = None) -> dict[str, Any]:
     r, w = new_pipe()
     try:
         proc = await system.spawn(argv, stdout=w)
@@ -180,6 +181,8 @@ async def _stream(sock: socket.socket, argv: list[str], config: TransferConfig, 
         raise
     finally:
         os.close(w)
+    if spawned is not None:
+        spawned.append(proc.pid)
     abort = Abort()
     abort.sockets.append(sock)
     abort.processes.append(proc)
@@ -248,13 +251,16 @@ async def _conclude(sock: socket.socket, config: TransferConfig, *, framed: bool
 
 
 async def local_send(send_argv: list[str], recv_argv: list[str], *, progress: Progress,
-                     config: TransferConfig) -> int:
-    """``zfs send | zfs recv`` on this node, the bytes spliced through a counting thread."""
+                     config: TransferConfig, spawned: list[int] | None = None) -> int:
+    """``zfs send | zfs recv`` on this node, the bytes spliced through a counting thread; the pid of the
+    ``zfs send`` is appended to ``spawned``."""
     r1, w1 = new_pipe()
     r2, w2 = new_pipe()
     procs: list[asyncio.subprocess.Process] = []
     try:
         procs.append(await system.spawn(send_argv, stdout=w1))
+        if spawned is not None:
+            spawned.append(procs[0].pid)
         procs.append(await system.spawn(recv_argv, stdin=r2))
     except BaseException:
         for fd in (r1, w2):

@@ -411,6 +411,26 @@ class Zfs:
                 for name in (snapshot, *more):
                     await self.release(tag, name, missing_ok=True)
 
+    async def release_send_holds(self, pids: Sequence[int], last: str, *, base: str | None = None) -> int:
+        """Release the temporary holds a killed ``zfs send`` of zfs-fuse leaves; returns how many it tried.
+
+        zfs-fuse's ``zfs send -I`` holds every snapshot of the range with the tag ``.send-<pid>-0`` and releases
+        them when it ends, unless it is killed (the stall watchdog, a cancelled transfer): then they stay until
+        the zfs-fuse daemon restarts, and every later destroy of those snapshots fails as held. OpenZFS ties its
+        temporary holds to the process and needs nothing of this. One ``zfs get`` and one release per pid
+        (more when some snapshot has no such hold)."""
+        if not self.caps.fuse or not pids:
+            return 0
+        dataset = last.split("@", 1)[0]
+        names = [s.name for s in await self.snapshots(dataset)]
+        if last not in names:
+            return 0
+        first = names.index(base) if base in names else names.index(last)
+        snaps = names[first:names.index(last) + 1]
+        for pid in pids:
+            await self.release(f".send-{pid}-0", *snaps, missing_ok=True)
+        return len(pids)
+
     async def holds(self, snapshot: str) -> int:
         """The number of user holds on ``snapshot`` (its ``userrefs``; tags cannot be listed on zfs-fuse)."""
         _names.validate_snapshot(snapshot)

@@ -1,0 +1,1 @@
+"""Issue 9: the reliability campaign: faults, restarts and hostile input against real daemons."""
