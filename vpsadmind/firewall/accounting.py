@@ -11,25 +11,22 @@ counts into one in-memory ``pending`` table that :meth:`Firewall.collect` hands 
 
 Counter modes (measured, see docs/network.md):
 
+``delta`` (the default, both backends)
+    The chains are only listed, never zeroed, and the difference to the previous listing is counted (a
+    counter that went down was reset and counts from zero). Lossless while the daemon runs, on any backend,
+    because the counters only grow. The traffic reporter stores, in the transaction that stores the traffic,
+    the counter values that traffic reaches (:meth:`Firewall.marks`); the first read after a start diffs
+    against them (:attr:`Firewall.resume`), so a crash loses nothing and counts nothing twice.
 ``zero``
-    v2.0's ``iptables -L accounting -nvx -Z``. With the legacy backend this is atomic: libiptc subtracts the
-    counts it read from the counters it writes back, so packets counted in between are kept (0 of 1.85 M
-    packets lost under load). The kernel's counters always hold "not yet collected" traffic, so a restart or a
-    crash of the daemon loses nothing that is still in the kernel.
-``delta``
-    With the nf_tables backend ``-Z`` replaces every rule with a zeroed copy after listing it, and packets
-    counted in between are lost (7,603 of 1.8 M packets under load, more with more rules). Here the chain is
-    only listed (never zeroed) and the difference to the previous listing is counted: lossless while the
-    daemon runs. The first listing after start only sets the baseline; at a clean stop the reporter collects
-    the tail (:meth:`TrafficReporter.close <vpsadmind.reporters.traffic.TrafficReporter.close>`), so only a
-    crash loses traffic, at most one interval, as in v2.0.
+    v2.0's ``iptables -L accounting -nvx -Z`` (``counter_mode="zero"`` only). Atomic on legacy (libiptc
+    subtracts the counts it read from the counters it writes back), lossy on nf_tables (``-Z`` replaces every
+    rule with a zeroed copy after listing it: 7,603 of 1.8 M packets lost under load); a crash between the
+    read and the DB commit loses that read.
 
-``auto`` (the default) asks ``iptables -V``: ``nf_tables`` means ``delta``, anything else ``zero``.
-
-The layout (:class:`~vpsadmind.firewall.rules.Layout`) follows the mode: ``zero`` keeps v2.0's single chain
-(``-L -Z`` is atomic for one chain only), ``delta`` splits the rules over 64 sub-chains that ``accounting``
-jumps to, because iptables-nft lists (and, to delete a rule, fetches) one chain of 60,000 rules in ~0.55 s but
-64 chains of ~940 rules in ~0.2 s. Either way ``FORWARD`` jumps to ``accounting`` and each rule is v2.0's.
+The layout (:class:`~vpsadmind.firewall.rules.Layout`) follows the backend: legacy keeps v2.0's single chain,
+nf_tables (``iptables -V`` says ``nf_tables``) splits the rules over 64 sub-chains that ``accounting`` jumps
+to, because iptables-nft lists (and, to delete a rule, fetches) one chain of 60,000 rules in ~0.55 s but 64
+chains of ~940 rules in ~0.2 s. Either way ``FORWARD`` jumps to ``accounting`` and each rule is v2.0's.
 
 Unregistering reads the address's counters and deletes its rules in the same locked section; packets of that
 address arriving between the two (a few milliseconds) are not counted, where v2.0 lost everything counted
@@ -45,14 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 import structlog
 
 from vpsadmind import system
-from vpsadmind.errors import AgentError
 from vpsadmind.firewall.addresses import IPAddress, parse_address
 from vpsadmind.firewall.rules import (
     CHAIN,
@@ -67,11 +63,16 @@ from vpsadmind.firewall.rules import (
     rules_for,
 )
 
-__all__ = ["CounterMode", "Firewall", "Traffic", "restore_binary", "VERSIONS"]
+__all__ = ["CounterMode", "Firewall", "MarkLoader", "Marks", "Traffic", "restore_binary", "VERSIONS"]
 
 log = structlog.get_logger("vpsadmind.firewall")
 
 CounterMode: TypeAlias = Literal["zero", "delta"]
+#: Per IP version, the kernel's counter values (packets, bytes) per rule that the traffic handed out so far
+#: reaches: stored with that traffic, they tell a restarted daemon where its predecessor stopped counting.
+Marks: TypeAlias = dict[int, dict[RuleKey, tuple[int, int]]]
+#: Loads the stored marks of one IP version; None when none were ever stored (see :meth:`Firewall._resume`).
+MarkLoader: TypeAlias = Callable[[int], Awaitable[Mapping[RuleKey, tuple[int, int]] | None]]
 VERSIONS: Final = (4, 6)
 _RETRIES: Final = 3
 _BUSY: Final = "Resource temporarily unavailable"
@@ -131,9 +132,10 @@ def group_by_version(addrs: Iterable[IPAddress | str]) -> dict[int, list[IPAddre
 class Firewall:
     """The ``accounting`` chains of one network namespace (the node's, or a test's via ``argv_prefix``).
 
-    ``buckets``: None picks the layout from the counter mode (split into :data:`DEFAULT_BUCKETS` sub-chains
-    with ``delta``, v2.0's flat chain with ``zero``), 0 forces the flat layout, n > 0 n sub-chains (``delta``
-    only: ``-L -Z`` is atomic for one chain, and zeroing the whole table would zero other tools' counters).
+    ``buckets``: None picks the layout (split into :data:`DEFAULT_BUCKETS` sub-chains on nf_tables or with an
+    explicit ``counter_mode="delta"``, v2.0's flat chain on legacy and with ``zero``), 0 forces the flat
+    layout, n > 0 n sub-chains (``delta`` only: ``-L -Z`` is atomic for one chain, and zeroing the whole table
+    would zero other tools' counters).
     """
 
     def __init__(self, *, iptables: str = "iptables", ip6tables: str = "ip6tables",
@@ -149,12 +151,14 @@ class Firewall:
         self.chain = chain
         self.buckets = buckets
         self.lock = asyncio.Lock()
-        self._modes: dict[int, CounterMode] = {}
+        self._nft: dict[int, bool] = {}
         self._layouts: dict[int, Layout] = {}
         self._baseline: dict[int, dict[RuleKey, tuple[int, int]]] = {4: {}, 6: {}}
         self._primed: dict[int, bool] = {4: False, 6: False}
         self._pending: dict[tuple[str, str], Traffic] = {}
         self.reads = 0
+        #: set by the traffic reporter: where counting resumes after a restart (delta mode)
+        self.resume: MarkLoader | None = None
 
     # -- commands ---------------------------------------------------------------------------------------------
 
@@ -179,19 +183,26 @@ class Firewall:
         await self._run(argv, input=text.encode())
 
     async def mode(self, version: int) -> CounterMode:
-        if self.counter_mode != "auto":
-            return self.counter_mode
-        if version not in self._modes:
+        """``delta`` unless ``zero`` was asked for: with the marks stored beside the traffic (:meth:`marks`) it
+        is exact across a crash too, on either backend (see the module doc)."""
+        return "zero" if self.counter_mode == "zero" else "delta"
+
+    async def nf_tables(self, version: int) -> bool:
+        """Whether the iptables of ``version`` is iptables-nft (``iptables -V`` says ``nf_tables``)."""
+        if version not in self._nft:
             out = await self._run([self.binaries[version], "-V"])
-            self._modes[version] = "delta" if "nf_tables" in out.stdout + out.stderr else "zero"
-        return self._modes[version]
+            self._nft[version] = "nf_tables" in out.stdout + out.stderr
+        return self._nft[version]
 
     async def layout(self, version: int) -> Layout:
         if version not in self._layouts:
             mode = await self.mode(version)
-            n = self.buckets if self.buckets is not None else DEFAULT_BUCKETS if mode == "delta" else 0
-            if n and mode == "zero":
-                raise AgentError(f"{self.binaries[version]} counts in the zero mode, which needs buckets=0")
+            if self.buckets is not None:
+                n = self.buckets
+            elif mode == "zero":
+                n = 0
+            else:  # auto: split for nf_tables only (see the module doc); an explicit delta splits anyway
+                n = DEFAULT_BUCKETS if self.counter_mode == "delta" or await self.nf_tables(version) else 0
             self._layouts[version] = Layout(self.chain, n)
         return self._layouts[version]
 
@@ -214,6 +225,8 @@ class Firewall:
             self._baseline[version] = {}
             self._primed[version] = True
             return listing
+        if not zero and not self._primed[version] and not await self._resume(version):
+            return listing  # nothing folded: the counts stay in the kernel until the marks can be loaded
         with gc_paused():
             self._fold(version, listing, zeroed=zero)
         return listing
@@ -242,6 +255,25 @@ class Firewall:
             if p or b:
                 entry = self._pending.setdefault((key.addr, key.proto), Traffic(key.addr, key.proto))
                 entry.add(key.direction, p, b)
+
+    async def _resume(self, version: int) -> bool:
+        """The baseline of the first read after a start: the marks stored with the last saved traffic, so that
+        what was counted after that save (before the crash and while no daemon ran) is counted now, and what
+        was saved is not counted again. False when they cannot be loaded now (the read folds nothing)."""
+        if self.resume is None:
+            return True  # no store: _fold takes this listing as the baseline
+        try:
+            marks = await self.resume(version)
+        except Exception as exc:
+            log.warning("traffic_marks_unavailable", version=version, error=f"{type(exc).__name__}: {exc}")
+            return False
+        if marks is None and await self.nf_tables(version):
+            return True  # never stored (an older daemon counted here): the listing is the baseline
+        # without marks on legacy, v2.0 and older versions of this daemon zeroed at every read, so everything
+        # the kernel holds was never stored
+        self._baseline[version] = dict(marks or {})
+        self._primed[version] = True
+        return True
 
     def _forget(self, version: int, deleted: Iterable[Listed]) -> None:
         """Deleted rules leave the baseline, so that their counters are not subtracted from the survivors."""
@@ -367,9 +399,26 @@ class Firewall:
             await asyncio.gather(*(self._read(v) for v in VERSIONS))
             return self._take()
 
+    async def collect_marked(self) -> tuple[list[Traffic], Marks]:
+        """:meth:`collect`, and the :meth:`marks` that the handed-out traffic reaches (taken under the lock)."""
+        async with self.lock:
+            await asyncio.gather(*(self._read(v) for v in VERSIONS))
+            return self._take(), self.marks()
+
     def take_pending(self) -> list[Traffic]:
         """Hand out (and forget) what earlier reads counted, without reading the chains again."""
         return self._take()
+
+    def take_marked(self) -> tuple[list[Traffic], Marks]:
+        """:meth:`take_pending` and the :meth:`marks` it reaches (every read updates both at once)."""
+        return self._take(), self.marks()
+
+    def marks(self) -> Marks:
+        """The counter values per rule that the traffic handed out so far reaches, for each IP version whose
+        baseline is known (delta mode; the zero mode leaves nothing in the kernel that was handed out)."""
+        if self.counter_mode == "zero":
+            return {}
+        return {v: dict(self._baseline[v]) for v in VERSIONS if self._primed[v]}
 
     def _take(self) -> list[Traffic]:
         out = [t for t in self._pending.values() if not t.empty]
