@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from vpsadmind.engine.model import Direction, Result
 from vpsadmind.errors import ParamError
@@ -810,18 +811,24 @@ class RemoveClone(Handler[CloneParams]):
         return None
 
 
+_SNAPSHOT_ID: Final = re.compile(r"[1-9][0-9]{0,9}")
+_INT_MAX: Final = 2**31 - 1  # snapshots.id is INT(11)
+
+
 @dataclass(frozen=True, slots=True)
 class CloneSnapshotNameParams:
     snapshots: dict[str, list[Any]]
 
     def __post_init__(self) -> None:
         for key, pair in self.snapshots.items():
-            where = f"snapshots.{key}"
-            if not key.isdigit():
-                raise ParamError("expected a snapshot id as the key", field=where)
+            where = f"snapshots.{key:.40}"
+            # ASCII digits within snapshots.id (INT): str.isdigit() also takes "²" and "١", which int() refuses,
+            # and a number beyond INT is no row of ours (MySQL would truncate it)
+            if not _SNAPSHOT_ID.fullmatch(key) or int(key) > _INT_MAX:
+                raise ParamError(f"expected a snapshot id (1-{_INT_MAX}) as the key", field=where)
             if len(pair) != 2 or not (pair[0] is None or isinstance(pair[0], str)) \
-                    or type(pair[1]) is not int:
-                raise ParamError("expected [old_name, new_snapshot_id]", field=where)
+                    or type(pair[1]) is not int or not 1 <= pair[1] <= _INT_MAX:
+                raise ParamError(f"expected [old_name, new_snapshot_id (1-{_INT_MAX})]", field=where)
 
 
 @handler(5224)

@@ -71,8 +71,13 @@ def _dataclass(cls: type[Any], data: Any, path: str) -> Any:
         kwargs[f.name] = _convert(hints[f.name], data[f.name], sub)
     try:
         obj = cls(**kwargs)
-    except ParamError:
-        raise
+    except ParamError as exc:
+        # A nested dataclass's own checks only know its keys (``class_id``); the operator needs the whole path
+        # (``shaper.class_id``), or the error names a field the params do not have.
+        if not path or exc.field == path or (exc.field or "").startswith((f"{path}.", f"{path}[")):
+            raise
+        message = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
+        raise ParamError(message, field=f"{path}.{exc.field}" if exc.field else path) from None
     except (TypeError, ValueError) as exc:
         raise ParamError(str(exc), field=path or None) from None
     return obj
