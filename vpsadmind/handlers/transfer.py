@@ -356,22 +356,27 @@ class Send(Handler[SendParams]):
             raise fail(f"snapshot {last} does not exist", snapshot=last)
         spec = SendSpec(t.chain_id, t.t_id, p.addr, p.port, secret, last, base, props[last]["guid"].value,
                         _estimate(props, base, last))
+        # a re-run after a crash: what the interrupted run held (zfs-fuse's holds of a killed zfs send too)
+        await holds.release_all(zfs, store, transaction_id=t.t_id)
         taken = await holds.take(zfs, store, [s for s in (base, last) if s], chain_id=t.chain_id,
                                  transaction_id=t.t_id)
-        spawned: list[int] = []
+        sends: list[tuple[str, str]] = []  # ledger entries of zfs-fuse's own holds of each zfs send
+
+        async def spawned(pid: int) -> None:
+            sends.extend(await holds.note_send(zfs, store, pid, [s for s in (base, last) if s], chain_id=t.chain_id,
+                                               transaction_id=t.t_id))
         sent = False
         try:
             result = await send(spec, argv_for=lambda token, since: zfs.send_argv(last, base=since or base,
                                                                                     resume_token=token),
                                 config=cfg, board=self.ctx.progress, resumable=zfs.caps.resumable_receive,
-                                spawned=spawned)
+                                on_spawn=spawned)
             sent = True
         except TransferError as exc:
             raise fail(str(exc), addr=p.addr, port=p.port, snapshot=last) from exc
         finally:
-            try:
-                if not sent:  # a killed zfs send of zfs-fuse leaves holds on its whole range
-                    await zfs.release_send_holds(spawned, last, base=base)
+            try:  # a killed zfs send of zfs-fuse leaves holds on its whole range
+                await (holds.forget_send(store, sends) if sent else holds.release(zfs, store, sends))
             finally:
                 await holds.release(zfs, store, taken)
         return ok(bytes=result.bytes, seconds=round(result.seconds, 3), rate=round(result.rate),
@@ -463,11 +468,15 @@ class LocalSend(Handler[LocalSendParams]):
         progress = self.ctx.progress.open("local", chain_id=t.chain_id, transaction_id=t.t_id,
                                           label=f"{last} -> {dst}")
         error, remount, moved = None, False, None
-        spawned: list[int] = []
+        sends: list[tuple[str, str]] = []  # ledger entries of zfs-fuse's own holds of the zfs send
+
+        async def spawned(pid: int) -> None:
+            sends.extend(await holds.note_send(zfs, store, pid, [s for s in (base, last) if s], chain_id=t.chain_id,
+                                               transaction_id=t.t_id))
         try:  # from here on the holds are released whatever fails, the unmount for the receive included
             remount = await zfs.prepare_receive(dst)
             moved = await local_send(zfs.send_argv(last, base=base), zfs.recv_argv(dst), progress=progress,
-                                     config=self.ctx.config.transfer, spawned=spawned)
+                                     config=self.ctx.config.transfer, on_spawn=spawned)
         except (TransferError, ZfsError) as exc:
             error = str(exc)
             raise fail(error, snapshot=last, target=dst) from exc
@@ -477,9 +486,8 @@ class LocalSend(Handler[LocalSendParams]):
                 if remount:
                     await zfs.mount(dst)
             finally:
-                try:
-                    if moved is None:  # a killed zfs send of zfs-fuse leaves holds on its whole range
-                        await zfs.release_send_holds(spawned, last, base=base)
+                try:  # a killed zfs send of zfs-fuse leaves holds on its whole range
+                    await (holds.forget_send(store, sends) if moved is not None else holds.release(zfs, store, sends))
                 finally:
                     await holds.release(zfs, store, taken)
         return ok(existing=_snapshot_names(before), target_existed=existed, bytes=moved,

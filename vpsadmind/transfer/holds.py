@@ -15,7 +15,13 @@ from vpsadmind.transfer.store import TransferStore
 from vpsadmind.zfs.driver import Zfs
 from vpsadmind.zfs.errors import HoldExists, ZfsError
 
-__all__ = ["hold_tag", "take", "release", "release_all"]
+__all__ = ["hold_tag", "take", "release", "release_all", "SEND_TAG_PREFIX", "note_send", "forget_send"]
+
+#: zfs-fuse's ``zfs send -I`` holds its whole range with ``.send-<pid>-0`` and keeps the holds for ever when it is
+#: killed (by the stall watchdog, a cancelled stream or the daemon's own death). The ledger keeps such a tag with
+#: the two ends of the range, so that every release path (failure, crash recovery, the start-up sweep) can
+#: release it on the whole range; a send that ends normally released them itself and only leaves the ledger.
+SEND_TAG_PREFIX = ".send-"
 
 
 def hold_tag(chain_id: int) -> str:
@@ -45,12 +51,44 @@ async def take(zfs: Zfs, store: TransferStore, snapshots: Iterable[str], *, chai
 
 
 async def release(zfs: Zfs, store: TransferStore, pairs: Iterable[tuple[str, str]]) -> None:
-    """Release ``pairs`` (one ``zfs release`` per tag); a hold or snapshot that is already gone is fine."""
+    """Release ``pairs`` (one ``zfs release`` per tag); a hold or snapshot that is already gone is fine. A
+    ``.send-<pid>-0`` entry is released on its whole range (:meth:`Zfs.release_send_holds`)."""
     by_tag: dict[str, list[str]] = {}
     for tag, snap in pairs:
         by_tag.setdefault(tag, []).append(snap)
     for tag, snaps in by_tag.items():
-        await zfs.release(tag, *snaps, missing_ok=True)
+        if tag.startswith(SEND_TAG_PREFIX):
+            await zfs.release_send_holds([_send_pid(tag)], snaps)
+        else:
+            await zfs.release(tag, *snaps, missing_ok=True)
+        await store.forget_holds(tag, snaps)
+
+
+def _send_tag(pid: int) -> str:
+    return f"{SEND_TAG_PREFIX}{pid}-0"
+
+
+def _send_pid(tag: str) -> int:
+    return int(tag[len(SEND_TAG_PREFIX):].split("-", 1)[0])
+
+
+async def note_send(zfs: Zfs, store: TransferStore, pid: int, ends: Iterable[str], *, chain_id: int,
+                    transaction_id: int) -> list[tuple[str, str]]:
+    """On zfs-fuse, the ledger entry of a ``zfs send`` just started (``ends``: its first and last snapshot);
+    no zfs command. Returns the pairs (none elsewhere)."""
+    if not zfs.caps.fuse:
+        return []
+    pairs = [(_send_tag(pid), snap) for snap in dict.fromkeys(ends)]
+    await store.note_holds(pairs, chain_id=chain_id, transaction_id=transaction_id)
+    return pairs
+
+
+async def forget_send(store: TransferStore, pairs: Iterable[tuple[str, str]]) -> None:
+    """The send ended normally: zfs-fuse released its holds itself, only the ledger entry goes."""
+    by_tag: dict[str, list[str]] = {}
+    for tag, snap in pairs:
+        by_tag.setdefault(tag, []).append(snap)
+    for tag, snaps in by_tag.items():
         await store.forget_holds(tag, snaps)
 
 

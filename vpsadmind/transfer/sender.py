@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -44,7 +45,10 @@ from vpsadmind.transfer.pump import (
 )
 from vpsadmind.transfer.receiver import HANDSHAKE_TIMEOUT
 
-__all__ = ["SendSpec", "SendResult", "send", "local_send", "RETRIES", "CONNECT_WAIT"]
+__all__ = ["SendSpec", "SendResult", "send", "local_send", "OnSpawn", "RETRIES", "CONNECT_WAIT"]
+
+#: awaited with the pid of each ``zfs send`` started, before its stream flows
+OnSpawn = Callable[[int], Awaitable[None]]
 
 RETRIES: Final = 3
 CONNECT_WAIT: Final = 30.0
@@ -77,10 +81,10 @@ class SendResult:
 
 
 async def send(spec: SendSpec, *, argv_for: Any, config: TransferConfig, board: ProgressBoard,
-               resumable: bool, spawned: list[int] | None = None) -> SendResult:
+               resumable: bool, on_spawn: OnSpawn | None = None) -> SendResult:
     """Stream to the receiver; ``argv_for(token, base)`` gives the ``zfs send`` argv: resuming from
     ``token``, or incremental from ``base`` instead of the spec's base (the rest after a resumed stream).
-    The pid of every ``zfs send`` started is appended to ``spawned`` (see :meth:`Zfs.release_send_holds`)."""
+    ``on_spawn(pid)`` is awaited for every ``zfs send`` started (see :mod:`vpsadmind.transfer.holds`)."""
     framed = config.protocol != "nc"
     progress = board.open("send", chain_id=spec.chain_id, transaction_id=spec.transaction_id,
                           label=f"{spec.snapshot} -> {spec.addr}:{spec.port}", total=spec.estimate)
@@ -92,7 +96,7 @@ async def send(spec: SendSpec, *, argv_for: Any, config: TransferConfig, board: 
             attempt += 1
             try:
                 token, latest = await _attempt(spec, argv_for, base, config, progress, framed=framed,
-                                               resumable=resumable, attempt=attempt, spawned=spawned)
+                                               resumable=resumable, attempt=attempt, on_spawn=on_spawn)
             except (StreamBroken, ConnectionError) as exc:
                 if not framed or attempt > RETRIES:
                     raise
@@ -148,7 +152,7 @@ def _handshake(sock: socket.socket, spec: SendSpec, resumable: bool, attempt: in
 
 async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: TransferConfig,
                    progress: Progress, *, framed: bool, resumable: bool,
-                   attempt: int = 1, spawned: list[int] | None = None) -> tuple[str | None, str | None]:
+                   attempt: int = 1, on_spawn: OnSpawn | None = None) -> tuple[str | None, str | None]:
     """One connection; returns the resume token it used and, after a resumed stream, the newest snapshot
     the receiver has now."""
     sock = await _connect(spec.addr, spec.port)
@@ -163,7 +167,7 @@ async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: Tran
         token = hello.get("token") if isinstance(hello.get("token"), str) and hello.get("token") else None
         if token is None and base is None:
             progress.done = 0  # a new stream from the start
-        answer = await _stream(sock, argv_for(token, base), config, progress, framed=framed, spawned=spawned)
+        answer = await _stream(sock, argv_for(token, base), config, progress, framed=framed, on_spawn=on_spawn)
         latest = answer.get("latest")
         return token, latest if isinstance(latest, str) and latest else None
     finally:
@@ -172,7 +176,7 @@ async def _attempt(spec: SendSpec, argv_for: Any, base: str | None, config: Tran
 
 
 async def _stream(sock: socket.socket, argv: list[str], config: TransferConfig, progress: Progress, *,
-                  framed: bool, spawned: list[int] | None = None) -> dict[str, Any]:
+                  framed: bool, on_spawn: OnSpawn | None = None) -> dict[str, Any]:
     r, w = new_pipe()
     try:
         proc = await system.spawn(argv, stdout=w)
@@ -181,8 +185,15 @@ async def _stream(sock: socket.socket, argv: list[str], config: TransferConfig, 
         raise
     finally:
         os.close(w)
-    if spawned is not None:
-        spawned.append(proc.pid)
+    if on_spawn is not None:
+        try:
+            await on_spawn(proc.pid)
+        except BaseException:
+            os.close(r)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
     abort = Abort()
     abort.sockets.append(sock)
     abort.processes.append(proc)
@@ -251,18 +262,22 @@ async def _conclude(sock: socket.socket, config: TransferConfig, *, framed: bool
 
 
 async def local_send(send_argv: list[str], recv_argv: list[str], *, progress: Progress,
-                     config: TransferConfig, spawned: list[int] | None = None) -> int:
+                     config: TransferConfig, on_spawn: OnSpawn | None = None) -> int:
     """``zfs send | zfs recv`` on this node, the bytes spliced through a counting thread; the pid of the
-    ``zfs send`` is appended to ``spawned``."""
+    ``zfs send`` is given to ``on_spawn``."""
     r1, w1 = new_pipe()
     r2, w2 = new_pipe()
     procs: list[asyncio.subprocess.Process] = []
     try:
         procs.append(await system.spawn(send_argv, stdout=w1))
-        if spawned is not None:
-            spawned.append(procs[0].pid)
+        if on_spawn is not None:
+            await on_spawn(procs[0].pid)
         procs.append(await system.spawn(recv_argv, stdin=r2))
     except BaseException:
+        for proc in procs:  # on_spawn failed: the stream must not run without its ledger entry
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
         for fd in (r1, w2):
             os.close(fd)
         raise

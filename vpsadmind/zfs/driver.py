@@ -411,24 +411,23 @@ class Zfs:
                 for name in (snapshot, *more):
                     await self.release(tag, name, missing_ok=True)
 
-    async def release_send_holds(self, pids: Sequence[int], last: str, *, base: str | None = None) -> int:
-        """Release the temporary holds a killed ``zfs send`` of zfs-fuse leaves; returns how many it tried.
+    async def release_send_holds(self, pids: Sequence[int], ends: Sequence[str]) -> int:
+        """Release the temporary holds a killed ``zfs send`` of zfs-fuse leaves; returns how many pids it tried.
 
-        zfs-fuse's ``zfs send -I`` holds every snapshot of the range with the tag ``.send-<pid>-0`` and releases
-        them when it ends, unless it is killed (the stall watchdog, a cancelled transfer): then they stay until
-        the zfs-fuse daemon restarts, and every later destroy of those snapshots fails as held. OpenZFS ties its
-        temporary holds to the process and needs nothing of this. One ``zfs get`` and one release per pid
-        (more when some snapshot has no such hold)."""
-        if not self.caps.fuse or not pids:
+        zfs-fuse's ``zfs send -I`` holds every snapshot of its range with the tag ``.send-<pid>-0`` and releases
+        them when it ends, unless it is killed (the stall watchdog, a cancelled transfer, the daemon's death):
+        then they stay until the zfs-fuse daemon restarts, and every later destroy of those snapshots fails as
+        held. ``ends`` are snapshots of one dataset; the range runs from the oldest to the newest of them. OpenZFS
+        ties its temporary holds to the process and needs nothing of this. One ``zfs get`` and one release per
+        pid (more when some snapshot has no such hold)."""
+        if not self.caps.fuse or not pids or not ends:
             return 0
-        dataset = last.split("@", 1)[0]
-        names = [s.name for s in await self.snapshots(dataset)]
-        if last not in names:
+        names = [s.name for s in await self.snapshots(ends[0].split("@", 1)[0])]
+        at = sorted(names.index(e) for e in ends if e in names)
+        if not at:
             return 0
-        first = names.index(base) if base in names else names.index(last)
-        snaps = names[first:names.index(last) + 1]
         for pid in pids:
-            await self.release(f".send-{pid}-0", *snaps, missing_ok=True)
+            await self.release(f".send-{pid}-0", *names[at[0]:at[-1] + 1], missing_ok=True)
         return len(pids)
 
     async def holds(self, snapshot: str) -> int:
