@@ -26,7 +26,7 @@ export PYTHONFAULTHANDLER := 1
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv services test test-fast lint demo bench clean
+.PHONY: venv services test test-fast lint demo bench clean soak
 
 # Targets list `services` before `venv`: on a fresh machine services.sh also installs python3-venv.
 
@@ -69,6 +69,10 @@ demo: services venv
 
 bench: services venv
 	$(BIN)/python -m bench
+
+# The reliability soak (issue 9): three daemons under chains, faults and restarts; SOAK_ARGS go to it.
+soak: services venv
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
