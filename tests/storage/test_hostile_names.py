@@ -97,7 +97,15 @@ def test_property_names_and_values_are_checked() -> None:
     cls = HANDLERS[5216]
     for props, field in (({"-o": [1, 2]}, "properties.-o"), ({"atime;x": [1, 2]}, "properties.atime;x"),
                          ({"sharenfs": ["a", "b\nc"]}, "properties.sharenfs"),
-                         ({"atime": [True]}, "properties.atime")):
+                         ({"atime": [True]}, "properties.atime"),
+                         ({"mountpoint": ["none", "/etc"]}, "properties.mountpoint")):
         with pytest.raises(ParamError) as err:
             parse_params(cls.Params, {"pool_fs": "tank/vz", "name": "101", "properties": props})
         assert err.value.field == field, str(err.value)
+
+
+def test_inherit_refuses_mountpoint() -> None:
+    import_handler_modules()
+    with pytest.raises(ParamError) as err:
+        parse_params(HANDLERS[5219].Params, {"pool_fs": "tank/vz", "name": "101", "properties": {"mountpoint": "/x"}})
+    assert err.value.field == "properties.mountpoint", str(err.value)

@@ -627,6 +627,18 @@ class DestroySnapshot(Handler[DestroySnapshotParams]):
 # 5216 Dataset::Set, 5219 Dataset::Inherit
 
 
+#: properties Set and Inherit refuse: a ``mountpoint`` would mount the dataset over any host path (the API's
+#: editable properties, contract 7.7, never include it; found by the fuzzing of issue 9)
+NOT_SETTABLE: Final = frozenset({"mountpoint", "zoned"})
+
+
+def _settable(field_name: str, prop: str) -> None:
+    check_prop_name(field_name, prop)
+    if prop in NOT_SETTABLE:
+        raise ParamError(f"{prop} cannot be set or inherited by a transaction (it would mount the dataset "
+                         "elsewhere on the node)", field=field_name)
+
+
 @dataclass(frozen=True, slots=True)
 class SetParams:
     pool_fs: str
@@ -636,7 +648,7 @@ class SetParams:
     def __post_init__(self) -> None:
         _check_ds(self.pool_fs, self.name, "name")
         for prop, pair in self.properties.items():
-            check_prop_name(f"properties.{prop}", prop)
+            _settable(f"properties.{prop}", prop)
             if len(pair) != 2:
                 raise ParamError("expected [old, new]", field=f"properties.{prop}")
             zfs_value(prop, pair[0])
@@ -705,7 +717,7 @@ class InheritParams:
     def __post_init__(self) -> None:
         _check_ds(self.pool_fs, self.name, "name")
         for prop, value in self.properties.items():
-            check_prop_name(f"properties.{prop}", prop)
+            _settable(f"properties.{prop}", prop)
             zfs_value(prop, value)
 
 
