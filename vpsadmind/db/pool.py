@@ -16,7 +16,7 @@ import structlog
 from vpsadmind.config import DbConfig
 from vpsadmind.errors import DatabaseError, DatabaseUnavailable
 
-__all__ = ["Database", "Tx", "is_connectivity_error", "parse_host"]
+__all__ = ["Database", "Tx", "is_connectivity_error", "is_db_lost", "parse_host"]
 
 T = TypeVar("T")
 log = structlog.get_logger("vpsadmind.db")
@@ -35,6 +35,20 @@ def is_connectivity_error(exc: BaseException) -> bool:
     if isinstance(exc, pymysql.err.OperationalError) and exc.args:
         return exc.args[0] in _CONNECTIVITY_CODES
     return isinstance(exc, OSError)
+
+
+def is_db_lost(exc: BaseException) -> bool:
+    """The database connection, not the statement, failed: narrower than :func:`is_connectivity_error`, for
+    errors out of handler code, where an OSError or TimeoutError is the handler's own (a file, a command).
+    A handler's error raised ``from`` such a loss counts too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DatabaseUnavailable | pymysql.err.InterfaceError):
+            return True
+        if isinstance(seen, pymysql.err.OperationalError) and seen.args and seen.args[0] in _CONNECTIVITY_CODES:
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -1,17 +1,30 @@
 """Run one transaction to a Result: pick the handler, parse its params, call exec or rollback, and roll a
-failed reversible transaction back by itself, as v2.0's ``Command#execute`` did (contract 3.2)."""
+failed reversible transaction back by itself, as v2.0's ``Command#execute`` did (contract 3.2).
+
+A handler that loses the database connection (it reads names or rows while MariaDB restarts) has not failed:
+the run waits until the database answers again and then takes the path of a run a crash interrupted (an
+idempotent handler runs again, another one's ``recover`` decides), since what ran before the loss may have had
+effects. Without this a Dataset::Destroy chain failed halfway in a database restart, after its irreversible
+steps (found by the soak of issue 9)."""
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from typing import Any
 
+import structlog
+
+from vpsadmind.db.pool import is_db_lost
 from vpsadmind.engine.model import Direction, Result, Reversible, TDone, Transaction, TSuccess, utcnow
 from vpsadmind.errors import HandlerError, ParamError
 from vpsadmind.handlers.base import HANDLERS, Handler, HandlerContext, Outcome, Recovery
 from vpsadmind.handlers.params import parse_json_object, parse_params
 
 __all__ = ["make_handler", "run_transaction", "handler_name", "roll_back_failed"]
+
+log = structlog.get_logger("vpsadmind.engine.runner")
+DB_WAIT_MAX = 5.0  # seconds between two looks at a database that went away under a handler
 
 _INTERRUPTED = ("interrupted: the daemon stopped while this transaction ran, and {name} is not safe to run "
                 "twice")
@@ -41,11 +54,18 @@ def _error_output(exc: BaseException) -> dict[str, Any]:
     return {"error": f"{type(exc).__name__}: {exc}", "backtrace": [line.rstrip() for line in tb][-8:]}
 
 
+class _DbLost(Exception):
+    """The database went away under a handler method (see the module docstring)."""
+
+
 async def _call(coro: Any) -> Outcome:
-    """Await a handler method; an exception or a return value that is not an Outcome becomes a failure."""
+    """Await a handler method; an exception or a return value that is not an Outcome becomes a failure (a lost
+    database connection raises :class:`_DbLost` instead)."""
     try:
         value = await coro
     except Exception as exc:  # a handler failure must never escape into the engine
+        if is_db_lost(exc):
+            raise _DbLost(str(exc)) from exc
         return Outcome(TSuccess.FAILED, _error_output(exc))
     if value is None:
         return Outcome()
@@ -109,8 +129,35 @@ def _unrunnable(t: Transaction, direction: Direction, started: Any, output: dict
     return _result(t, direction, started, outcome)
 
 
+async def _survive_db_loss(h: Handler[Any], direction: Direction, interrupted: bool) -> Outcome:
+    """:func:`_recover_or_exec`, again on the crash path each time the database went away under it."""
+    losses = 0
+    while True:
+        try:
+            return await _recover_or_exec(h, direction, interrupted)
+        except _DbLost as lost:
+            losses += 1
+            log.warning("transaction_db_lost", t_id=h.transaction.t_id, chain=h.transaction.chain_id,
+                        direction=direction.label, error=str(lost), losses=losses)
+            await _wait_for_db(h.ctx)
+            interrupted = True
+
+
+async def _wait_for_db(ctx: HandlerContext) -> None:
+    delay = 0.2
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await ctx.db.fetchone("SELECT 1")
+            return
+        except Exception as exc:
+            if not is_db_lost(exc):
+                raise
+        delay = min(delay * 2, DB_WAIT_MAX)
+
+
 async def _run_exec(t: Transaction, h: Handler[Any], started: Any, interrupted: bool) -> Result:
-    outcome = await _recover_or_exec(h, Direction.EXECUTE, interrupted)
+    outcome = await _survive_db_loss(h, Direction.EXECUTE, interrupted)
     if outcome.status != TSuccess.FAILED or t.reversible != Reversible.IS_REVERSIBLE:
         return _result(t, Direction.EXECUTE, started, outcome)
     return await roll_back_failed(t, h, started, outcome)
@@ -120,7 +167,7 @@ async def roll_back_failed(t: Transaction, h: Handler[Any], started: Any, outcom
     """The result of a reversible exec that failed with ``outcome`` (or was killed), after ``h.rollback()``."""
     # v2.0 rolls a failing reversible transaction back in the same worker; unlike v2.0 the original error is
     # kept beside the rollback's (contract 12.6).
-    rb = await _call(h.rollback())
+    rb = await _survive_db_loss(h, Direction.ROLLBACK, False)
     output = dict(outcome.output)
     if rb.status == TSuccess.FAILED:
         output["rollback_error"] = rb.output.get("error", rb.output)
@@ -133,7 +180,7 @@ async def roll_back_failed(t: Transaction, h: Handler[Any], started: Any, outcom
 
 
 async def _run_rollback(t: Transaction, h: Handler[Any], started: Any, interrupted: bool) -> Result:
-    outcome = await _recover_or_exec(h, Direction.ROLLBACK, interrupted)
+    outcome = await _survive_db_loss(h, Direction.ROLLBACK, interrupted)
     prior = {"execute_output": t.t_output} if t.t_output else {}
     return _result(t, Direction.ROLLBACK, started, Outcome(outcome.status, {**prior, **outcome.output},
                                                            outcome.data))
@@ -156,6 +203,8 @@ async def _call_recover(h: Handler[Any], direction: Direction) -> Outcome | Reco
     try:
         return await h.recover(direction)
     except Exception as exc:
+        if is_db_lost(exc):
+            raise _DbLost(str(exc)) from exc
         return Outcome(TSuccess.FAILED, {"error": f"recover failed: {_error_output(exc)['error']}"})
 
 
