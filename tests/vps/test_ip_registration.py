@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from tests.network.conftest import backend, fw, shaper, topo  # noqa: F401  (fixtures)
 from tests.network.nets import VPS_V4, Topology
-from tests.vps.conftest import FakeVz, chain, conf, errors, make_ct, make_vz
+from tests.vps.conftest import FakeVz, chain, conf, errors, make_ct, make_vz, run
 from vpsadmind.config import Config
 from vpsadmind.engine.model import ChainState
 from vpsadmind.firewall import Firewall, Shaper
@@ -60,3 +61,18 @@ async def test_ip_add_and_del_with_registration(db: Any, vcfg: Config, fakevz: F
     assert state == ChainState.DONE, errors(rows)
     assert await fw.registered(4) == set() and "1:10" not in await shaper.classes(topo.venet)
     assert conf(fakevz)["IP_ADDRESS"] == ""
+
+
+async def test_ip_del_rollback_keeps_the_order_of_the_addresses(db: Any, vcfg: Config, fakevz: FakeVz) -> None:
+    """vzctl appends a re-added address; the first address is the container's source address on venet, so a
+    failed chain must not move it (found by the soak: a failed migration did)."""
+    make_ct(fakevz)
+    first, second = "192.0.2.10", "192.0.2.20"
+    for addr in (first, second):
+        state, rows = await run(db, vcfg, chain((2006, {"addr": addr, "version": 4})))
+        assert state["state"] == ChainState.DONE, errors(rows)
+    assert conf(fakevz)["IP_ADDRESS"] == f"{first} {second}"
+    state, rows = await run(db, vcfg, chain((2007, {"addr": first, "version": 4}), (90001, {"fail": True})))
+    assert state["state"] == ChainState.FAILED, errors(rows)
+    assert conf(fakevz)["IP_ADDRESS"] == f"{first} {second}"
+    assert json.loads(rows[0]["t_output"])["ip_order_restored"] is True

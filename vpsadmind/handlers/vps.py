@@ -21,6 +21,7 @@ from vpsadmind.firewall.shaper import ShapedIp
 from vpsadmind.handlers.base import Outcome, handler, ok
 from vpsadmind.handlers.params import NoParams
 from vpsadmind.handlers.shaper import ShaperSpec
+from vpsadmind.handlers.storage_common import json_output
 from vpsadmind.handlers.vps_common import VpsHandler, checked, fail, forget_delayed_mounts, scrub_t_param
 from vpsadmind.reporters.vps_status import VpsStatus, collect_one, store
 from vpsadmind.vz import ContainerNotFound, InvalidValue, OptionValue
@@ -428,14 +429,33 @@ async def _ip_add(h: VpsHandler[Any], p: _IpBase, register: bool) -> Outcome:
 
 
 async def _ip_del(h: VpsHandler[Any], p: _IpBase, unregister: bool) -> Outcome:
-    """v2.0's IpDel: shaper class and accounting rules away first (when unregistering), then ``--ipdel``."""
-    out: dict[str, Any] = {}
+    """v2.0's IpDel: shaper class and accounting rules away first (when unregistering), then ``--ipdel``. The
+    address list as it was goes into t_output (``ip_order``) for the rollback."""
+    out: dict[str, Any] = {"ip_order": _ip_list(h)}
     if unregister:
         net = network_for(h.ctx)
         await net.shaper.unset(p.shaped())
         out["rules_deleted"] = await net.firewall.unregister(p.shaped().addr)
     await h.vz.set(h.veid, {"ipdel": v.ip(p.addr, "addr")})
     return ok(**out)
+
+
+def _ip_list(h: VpsHandler[Any]) -> list[str]:
+    return (h.vz.read_conf(h.veid).get("IP_ADDRESS") or "").split()
+
+
+async def _restore_ip_order(h: VpsHandler[Any], before: object) -> bool:
+    """After IpDel's rollback re-added its address (vzctl appends it): the order the list had, which decides
+    the container's first address, its source address on venet. Only when the list holds the same addresses,
+    in one ``vzctl set --ipdel all --ipadd ...`` (found by the soak of issue 9: a failed migration moved the
+    first address)."""
+    if not isinstance(before, list) or not all(isinstance(a, str) for a in before):
+        return False
+    now = _ip_list(h)
+    if now == before or sorted(now) != sorted(before):
+        return False
+    await h.vz.set(h.veid, {"ipdel": "all", "ipadd": [v.ip(a, "ip_order") for a in before]})
+    return True
 
 
 @handler(2006)
@@ -466,4 +486,7 @@ class IpDel(VpsHandler[IpDelParams]):
         return await _ip_del(self, self.params, self.params.unregister)
 
     async def rollback(self) -> Outcome | None:
-        return await _ip_add(self, self.params, self.params.unregister)
+        out = await _ip_add(self, self.params, self.params.unregister)
+        if await _restore_ip_order(self, json_output(self.transaction.t_output).get("ip_order")):
+            out.output["ip_order_restored"] = True
+        return out
