@@ -12,27 +12,13 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from bench.soak.cluster import start_cluster, stop_cluster
 from bench.soak.faults import FAULT_KINDS, Chaos
 from bench.soak.runner import Soak, final_checks, traffic_checks, wait_quiet
+from vpsadmind.demo import say, table
 from vpsadmind.testing.fakevz.mounts import mountpoints
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> None:
-    cells = [[str(c) for c in headers], *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        say(indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            say(indent + "  ".join("-" * w for w in widths))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +71,9 @@ def report(args: argparse.Namespace, seed: int, run: Soak, checks: dict[str, lis
            problems: list[str]) -> int:
     say(f"\nChains: {run.fired} fired in {elapsed:.0f} s (seed {seed}), by outcome")
     table(["chain kind and end", "count"], sorted(run.outcomes.items()))
+    if run.unplanned:
+        say("\nChains that failed without a planned failure, by their first error (numbers as N)")
+        table(["first failed transaction: error", "chains"], run.unplanned.most_common(12))
     for refused in run.refused:
         say(f"  refused by the API (resource locked): {refused}")
     say("\nFaults injected (missed: the moment did not come within 30 s)")
@@ -120,7 +109,7 @@ def report(args: argparse.Namespace, seed: int, run: Soak, checks: dict[str, lis
             "seed": seed, "fired": run.fired, "refused": run.refused, "elapsed": elapsed,
             "outcomes": dict(run.outcomes),
             "states": dict(run.states), "faults": dict(run.chaos.counts), "missed": dict(run.chaos.missed),
-            "zfs_faults": dict(run.chaos.zfs_faults),
+            "zfs_faults": dict(run.chaos.zfs_faults), "unplanned": dict(run.unplanned),
             "recoveries": [{"node": r.node, "kind": r.kind, "serving": r.serving, "next_save": r.next_save}
                            for r in rec],
             "invariants": {k: len(v) for k, v in checks.items()}, "violations": bad, "cleanup": problems}, indent=1))

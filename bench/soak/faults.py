@@ -133,33 +133,46 @@ class Chaos:
             conn.close()
 
     async def _kill_in_save(self, conn: aiomysql.Connection) -> bool:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        """Lock the ``resource_locks`` rows of a running chain, wait until a daemon's save blocks on them inside
+        its DB transaction (a chain's final save deletes its locks, and with no index on the chain id that
+        DELETE scans the whole table), kill that daemon, let go."""
+        async with conn.cursor() as cur:
+            # a chain with steps to go: its final save comes while the soak holds the rows (the daemon reads
+            # committed, so only that chain's own DELETE waits for them)
+            await cur.execute("SELECT c.id FROM transaction_chains c JOIN resource_locks l ON "
+                              "l.transaction_chain_id = c.id WHERE c.state = 1 AND c.size - c.progress >= 2 "
+                              "ORDER BY c.size - c.progress DESC LIMIT 1")
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        await conn.begin()
+        try:
             async with conn.cursor() as cur:
-                # chains whose last transaction runs now: its save closes the chain and deletes the locks
-                await cur.execute(
-                    "SELECT c.id, t.t_server FROM transaction_chains c JOIN transactions t ON "
-                    "t.transaction_chain_id = c.id JOIN resource_locks l ON l.transaction_chain_id = c.id "
-                    "WHERE c.state = 1 AND c.progress = c.size - 1 AND t.t_done = 0 AND t.started_at IS NOT NULL "
-                    "LIMIT 1")
-                row = await cur.fetchone()
-            if row is None:
-                await asyncio.sleep(0.02)
-                continue
-            chain, server = int(row[0]), int(row[1])
-            await conn.begin()
-            async with conn.cursor() as cur:
-                await cur.execute("SELECT * FROM resource_locks WHERE transaction_chain_id = %s FOR UPDATE", (chain,))
-                waited = await _lock_waiter(cur, 15.0)
-            if waited:
-                self.note(f"kill_save: {self.cluster.nodes[server].name}'s save of chain {chain} blocked in its DB "
-                          "transaction")
+                await cur.execute("SELECT id FROM resource_locks WHERE transaction_chain_id = %s", (int(row[0]),))
+                ids = [int(r[0]) for r in await cur.fetchall()]
+                if not ids:
+                    return False
+                await cur.execute(f"SELECT * FROM resource_locks WHERE id IN ({', '.join(['%s'] * len(ids))}) "
+                                  "FOR UPDATE", ids)
+                thread = await _lock_waiter(cur, 30.0)
+                server = await asyncio.to_thread(self._daemon_of_thread, cur, thread) if thread else None
+                if server is None:
+                    return False
+                self.note(f"kill_save: {self.cluster.nodes[server].name}'s save is blocked inside its DB "
+                          f"transaction (MariaDB thread {thread[0]}, port {thread[1]})")
                 await asyncio.to_thread(self.cluster.nodes[server].daemon.kill)
+        finally:
             await conn.rollback()
-            if waited:
-                await self._kill_and_restart(server, "kill_save")
-                return True
-        return False
+        await self._kill_and_restart(server, "kill_save")
+        return True
+
+    def _daemon_of_thread(self, cur: aiomysql.Cursor, thread: tuple[int, int]) -> int | None:
+        """The node whose daemon owns the MariaDB connection with client ``port`` (from the process list)."""
+        _thread_id, port = thread
+        for server_id, node in self.cluster.nodes.items():
+            if node.daemon.proc is not None and port in _local_ports(node.daemon.pid):
+                return server_id
+        return None
 
     # ------------------------------------------------------------------------------------------------------
     # Services, pools, streams
@@ -237,15 +250,37 @@ class Chaos:
         return False
 
 
-async def _lock_waiter(cur: aiomysql.Cursor, timeout: float) -> bool:
-    """True once another transaction waits for a row lock (the daemon's save), within ``timeout``."""
+async def _lock_waiter(cur: aiomysql.Cursor, timeout: float) -> tuple[int, int] | None:
+    """The MariaDB thread id and client port of a save that waits on the held rows (its ``DELETE FROM
+    resource_locks`` runs and does not finish), within ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        await cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")
-        if int((await cur.fetchone())[0]) > 0:
-            return True
+        await cur.execute("SELECT ID, HOST FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+                          "AND INFO LIKE 'DELETE FROM resource_locks%%' AND TIME_MS > 200")
+        row = await cur.fetchone()
+        if row is not None and ":" in str(row[1]):
+            return int(row[0]), int(str(row[1]).rsplit(":", 1)[1])
         await asyncio.sleep(0.02)
-    return False
+    return None
+
+
+def _local_ports(pid: int) -> set[int]:
+    """The local TCP ports of ``pid``'s sockets (its socket inodes looked up in /proc/net/tcp)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if len(cols) > 9 and cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _saves(log: Path) -> int:

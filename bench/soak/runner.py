@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ class Soak:
     refused: list[str] = field(default_factory=list)              # chains the API could not fire
     next_veid: int = 100
     pump_errors: list[str] = field(default_factory=list)
+    unplanned: Counter[str] = field(default_factory=Counter)      # why chains failed without a planned step
     async def run(self) -> None:
         for i in range(self.vps_count):
             self.next_veid += 1
@@ -180,6 +183,8 @@ class Soak:
                 self.mails.append((f.chain_id, p.message_id))
             self.violations += [f"{where}: {v}" for v in await self._check_done(conn, p)]
         elif state == ChainState.FAILED:
+            if p.fail_at is None:  # failed by a fault: why, in short
+                self.unplanned[await _first_error(conn, f.chain_id)] += 1
             after = await fingerprint(self.cluster, conn, p.vps.veid)
             self.violations += [f"{where} failed but changed: {d}" for d in diff(f.before, after)]
         else:
@@ -221,6 +226,26 @@ async def _check_fake(cluster: Cluster, name: str) -> list[str]:
         if len(mine) != 2:
             out.append(f"fake pool {pool} holds {mine}, expected {name} and one snapshot")
     return out
+
+
+_NUMBERS = re.compile(r"[0-9a-f]{6,}|\d+(\.\d+)?")
+
+
+async def _first_error(conn: aiomysql.Connection, chain_id: int) -> str:
+    """The handler and error of the chain's first failed transaction, numbers and names left out."""
+    async with conn.cursor() as cur:
+        # a failed reversible transaction keeps its rollback's t_success, so look for the error itself
+        await cur.execute("SELECT t_type, t_output FROM transactions WHERE transaction_chain_id = %s AND "
+                          "t_output LIKE %s AND t_output NOT LIKE %s ORDER BY t_id LIMIT 1",
+                          (chain_id, '%"error"%', "%Dependency failed%"))
+        row = await cur.fetchone()
+    if row is None:
+        return "?"
+    try:
+        error = str(json.loads(row[1] or "{}").get("error", ""))
+    except ValueError:
+        error = str(row[1])
+    return f"{row[0]}: {_NUMBERS.sub('N', error.split(chr(10))[0])[:90]}"
 
 
 async def _chain_state(conn: aiomysql.Connection, chain_id: int | None) -> str:

@@ -356,7 +356,7 @@ class Engine:
                         if entry is None:
                             entry = self.journal.write(t, result)
                             self.stats["journaled"] += 1
-                            log.warning("result_journaled", error=str(exc), file=str(entry.path))
+                            log.warning("result_journaled", error=str(exc) or type(exc).__name__, file=str(entry.path))
                         if self._stopping:
                             return None
                         await asyncio.sleep(self.db.backoff(attempt))
