@@ -8,6 +8,7 @@ the ``email`` package's parser, as a mail client would do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import socket
@@ -110,8 +111,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def smtp() -> Iterator[Recorder]:
+@contextlib.contextmanager
+def smtp_recorder() -> Iterator[Recorder]:
+    """An aiosmtpd server on loopback that records what it receives (also used by tests/fuzz)."""
     try:
         from aiosmtpd.controller import Controller
     except ImportError:
@@ -124,6 +126,12 @@ def smtp() -> Iterator[Recorder]:
         yield rec
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[Recorder]:
+    with smtp_recorder() as rec:
+        yield rec
 
 
 @pytest.fixture(autouse=True)

@@ -24,12 +24,13 @@ def test_short_soak_keeps_every_invariant(tmp_path: Path) -> None:
     report = tmp_path / "soak.json"
     # the work directory must be reachable by the private MariaDB's user (pytest's tmp dirs are 0700)
     workdir = Path("/tmp") / f"vpsadmind-soak-test-{tmp_path.name}"
-    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--chains", "60", "--duration", "90", "--seed", "9",
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--chains", "120", "--duration", "90", "--seed", "9",
+                           "--fault-gap", "1",
                            "--json", str(report), "--workdir", str(workdir)],
                           capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     figures = json.loads(report.read_text())
-    assert figures["fired"] == 60
+    assert figures["fired"] == 120
     assert all(n == 0 for n in figures["invariants"].values()), figures["violations"]
     assert sum(figures["faults"].values()) >= 3, figures  # the chaos did run
     assert figures["states"].get("failed", 0) >= 5, figures  # planned failures rolled back

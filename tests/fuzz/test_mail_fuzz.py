@@ -19,7 +19,7 @@ from tests.fuzz.conftest import next_t_id
 from tests.fuzz.harness import count, fuzz_settings, run_input
 from tests.fuzz.mutate import mutated
 from tests.fuzz.sandbox import VEID, Sandbox
-from tests.test_mail import Recorder, free_port
+from tests.test_mail import Recorder, smtp_recorder
 from vpsadmind.config import MailerConfig
 from vpsadmind.handlers import mail
 from vpsadmind.handlers.base import HandlerContext
@@ -30,16 +30,8 @@ HEADERS = {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "in-
 
 @pytest.fixture(scope="module")
 def smtp_server() -> Iterator[Recorder]:
-    from aiosmtpd.controller import Controller
-
-    rec = Recorder()
-    controller = Controller(rec, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    rec.port = controller.port
-    try:
+    with smtp_recorder() as rec:
         yield rec
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

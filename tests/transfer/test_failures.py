@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+from typing import Any
 
 import aiomysql
 
@@ -160,6 +161,26 @@ async def test_restore_from_the_backup_into_a_rollback_dataset(db: aiomysql.Conn
     assert output(rows[3])["guid"] == guid
 
 
+async def _frozen_until_the_end(db: aiomysql.Connection, chain_id: int, pattern: str) -> dict[str, Any]:
+    """SIGSTOP the processes matching ``pattern`` as soon as they run, wait for the chain to end, continue them."""
+    stopped: list[int] = []
+    for _ in range(400):
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        if found.stdout.split():
+            stopped = [int(p) for p in found.stdout.split()]
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            break
+        await asyncio.sleep(0.01)
+    assert stopped, f"{pattern} never ran"
+    try:
+        return await wait_chain(db, chain_id, timeout=60)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 async def test_stalled_stream_is_ended_and_the_chain_rolls_back(db: aiomysql.Connection,
                                                                 nodes: tuple[Node, Node]) -> None:
     n1, n2 = nodes
@@ -170,23 +191,9 @@ async def test_stalled_stream_is_ended_and_the_chain_rolls_back(db: aiomysql.Con
     target = f"{n2.pool.name}/backup/101/tree.0/branch-a"
     before = n2.pool.state()
     fired = await append_initial(ChainBuilder("backup"), src, dst, [s1]).fire(db)
-    stopped: list[int] = []
     async with running_engine(n2.cfg), running_engine(n1.cfg):
-        for _ in range(400):  # freeze zfs recv as soon as it runs: the stream stops moving
-            found = subprocess.run(["pgrep", "-f", f"zfs recv -F {target}"], capture_output=True, text=True)
-            if found.stdout.split():
-                stopped = [int(p) for p in found.stdout.split()]
-                for pid in stopped:
-                    os.kill(pid, signal.SIGSTOP)
-                break
-            await asyncio.sleep(0.01)
-        assert stopped, "zfs recv never ran"
-        try:
-            chain = await wait_chain(db, fired.chain_id, timeout=60)
-        finally:
-            for pid in stopped:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
+        # freeze zfs recv as soon as it runs: the stream stops moving
+        chain = await _frozen_until_the_end(db, fired.chain_id, f"zfs recv -F {target}")
     rows = await transactions_of(db, fired.chain_id)
     assert chain["state"] == ChainState.FAILED
     error = output(rows[1])["error"]
@@ -236,24 +243,9 @@ async def test_stalled_incremental_sender_leaves_no_hold_on_its_range(db: aiomys
     for n in (n1, n2):
         n.cfg = dataclasses.replace(n.cfg, transfer=dataclasses.replace(n.cfg.transfer, stall_timeout=2.0))
     fired = await append_transfer(ChainBuilder("incr"), src, dst, [s1, s2, s3]).fire(db)
-    stopped: list[int] = []
     async with running_engine(n2.cfg), running_engine(n1.cfg):
-        for _ in range(400):  # freeze the sender's zfs send as soon as it runs (zfs-fuse shows "@" as " ")
-            found = subprocess.run(["pgrep", "-f", f"zfs send -I {n1.pool.name}/101"], capture_output=True,
-                                   text=True)
-            if found.stdout.split():
-                stopped = [int(p) for p in found.stdout.split()]
-                for pid in stopped:
-                    os.kill(pid, signal.SIGSTOP)
-                break
-            await asyncio.sleep(0.01)
-        assert stopped, "zfs send never ran"
-        try:
-            chain = await wait_chain(db, fired.chain_id, timeout=60)
-        finally:
-            for pid in stopped:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
+        # freeze the sender's zfs send as soon as it runs (zfs-fuse shows "@" as " ")
+        chain = await _frozen_until_the_end(db, fired.chain_id, f"zfs send -I {n1.pool.name}/101")
     rows = await transactions_of(db, fired.chain_id)
     assert chain["state"] == ChainState.FAILED, [output(r) for r in rows]
     await assert_no_leftovers(db, n1, n2)  # userrefs 0 on every snapshot of both pools
