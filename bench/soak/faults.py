@@ -155,7 +155,9 @@ class Chaos:
                 await cur.execute(f"SELECT * FROM resource_locks WHERE id IN ({', '.join(['%s'] * len(ids))}) "
                                   "FOR UPDATE", ids)
                 thread = await _lock_waiter(cur, 30.0)
-                server = await asyncio.to_thread(self._daemon_of_thread, cur, thread) if thread else None
+                if thread is None:
+                    return False
+                server = await asyncio.to_thread(self._daemon_of_thread, thread[1])
                 if server is None:
                     return False
                 self.note(f"kill_save: {self.cluster.nodes[server].name}'s save is blocked inside its DB "
@@ -166,9 +168,8 @@ class Chaos:
         await self._kill_and_restart(server, "kill_save")
         return True
 
-    def _daemon_of_thread(self, cur: aiomysql.Cursor, thread: tuple[int, int]) -> int | None:
+    def _daemon_of_thread(self, port: int) -> int | None:
         """The node whose daemon owns the MariaDB connection with client ``port`` (from the process list)."""
-        _thread_id, port = thread
         for server_id, node in self.cluster.nodes.items():
             if node.daemon.proc is not None and port in _local_ports(node.daemon.pid):
                 return server_id

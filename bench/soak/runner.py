@@ -66,8 +66,8 @@ class Soak:
             self.vpses.append(Vps(self.next_veid, HV[i % len(HV)]))
         if self.cluster.split is not None:
             self.vpses.append(Vps(FAKE_VPS, HV[0], exists=True))
-        pump = asyncio.create_task(self._pump_traffic())
         stop = asyncio.Event()
+        pump = asyncio.create_task(self._pump_traffic(stop))
         chaos = asyncio.create_task(self.chaos.run(stop, mean_gap=self.fault_gap))
         deadline = time.monotonic() + self.duration
         conn: aiomysql.Connection | None = None
@@ -92,15 +92,16 @@ class Soak:
                 await asyncio.sleep(0.3)
         finally:
             stop.set()
-            pump.cancel()
+            # the pump ends after its current burst: a cancelled one would leave packets the kernel counted
+            # but the ledger does not have
             await asyncio.gather(chaos, pump, return_exceptions=True)
             if conn is not None:
                 conn.close()
 
-    async def _pump_traffic(self) -> None:
+    async def _pump_traffic(self, stop: asyncio.Event) -> None:
         """Real traffic to and from the accounting addresses, while the daemons are killed, restarted and
         cut off from the database: what the kernel counted must all arrive in the database."""
-        while self.cluster.traffic:
+        while self.cluster.traffic and not stop.is_set():
             sid = self.rng.choice(sorted(self.cluster.traffic))
             net = self.cluster.traffic[sid]
             try:
