@@ -13,7 +13,7 @@ from tests.network.nets import EXT_V4, VPS_V4, Topology, UdpSink, udp_send
 from vpsadmind.db import Database
 from vpsadmind.firewall import Firewall, Shaper
 from vpsadmind.firewall.services import Network
-from vpsadmind.reporters.traffic import TrafficReporter
+from vpsadmind.reporters.traffic import TrafficReporter, store_traffic
 from vpsadmind.testing.db import TestDbSettings
 from vpsadmind.testing.engine import make_config
 
@@ -147,5 +147,28 @@ async def test_without_stored_marks_legacy_counts_what_the_kernel_holds(
         marks = await fetch(db, "SELECT ip, proto, direction, packets FROM vpsadmind_traffic_marks WHERE ip_v = 4")
         assert ("", "", "", 0) in [(m["ip"], m["proto"], m["direction"], m["packets"]) for m in marks]
         assert (a, "udp", "out", 31) in [(m["ip"], m["proto"], m["direction"], m["packets"]) for m in marks]
+    finally:
+        await database.close()
+
+
+async def test_a_save_retried_after_its_commit_went_through_stores_nothing_twice(
+        db: Any, db_settings: TestDbSettings, test_database: str, tmp_path: Path, topo: Topology,
+        backend: str) -> None:
+    """Database.run retries a transaction whose connection broke; when the break came after the COMMIT went
+    through, the retry must not insert the traffic again: it finds its own marks already stored."""
+    database = Database(make_config(db_settings, test_database, journal=str(tmp_path / "j")).db)
+    a = VPS_V4[0]
+    try:
+        fw = make_firewall(topo, backend)
+        reporter = TrafficReporter(fw, database, 1)
+        await fw.init([a])
+        await send(topo, a, 7021, 10)
+        await reporter.run_once()
+        await send(topo, a, 7022, 30)
+        traffic, marks = await fw.collect_marked()
+        changes = reporter.marks.changes(marks)
+        assert await store_traffic(database, traffic, marks=changes) > 0
+        await store_traffic(database, traffic, marks=changes)  # the retry of the same save
+        assert await udp_out(db, a) == 10 + 1 + 30 + 1
     finally:
         await database.close()

@@ -60,6 +60,8 @@ _UPSERT: Final = ("INSERT INTO vpsadmind_traffic_marks (server_id, ip_v, ip, pro
 _DELETE: Final = ("DELETE FROM vpsadmind_traffic_marks WHERE server_id = %s AND ip_v = %s AND ip = %s "
                   "AND proto = %s AND direction = %s")
 _WIPE: Final = "DELETE FROM vpsadmind_traffic_marks WHERE server_id = %s AND ip_v = %s"
+_PROBE: Final = ("SELECT packets, bytes FROM vpsadmind_traffic_marks WHERE server_id = %s AND ip_v = %s AND ip = %s "
+                 "AND proto = %s AND direction = %s FOR UPDATE")
 _SELECT: Final = ("SELECT ip, proto, direction, packets, bytes FROM vpsadmind_traffic_marks "
                   "WHERE server_id = %s AND ip_v = %s")
 
@@ -76,10 +78,22 @@ class MarkChanges:
     wipe: list[tuple[int, int]] = field(default_factory=list)
     upsert: list[tuple[Any, ...]] = field(default_factory=list)
     delete: list[tuple[Any, ...]] = field(default_factory=list)
+    #: an upsert whose stored value this process knows and which it changes: if the table already holds the new
+    #: value, an earlier attempt of this very save committed (its connection broke before the answer)
+    probe: tuple[Any, ...] | None = None
 
     @property
     def empty(self) -> bool:
         return not (self.wipe or self.upsert or self.delete)
+
+    async def applied_before(self, tx: Tx) -> bool:
+        """True when the table already holds this save's marks: ``db.run`` retried a save whose commit had
+        gone through, and storing its rows again would count them twice."""
+        if self.probe is None:
+            return False
+        sid, v, ip, proto, direction, packets, nbytes = self.probe
+        row = await tx.fetchone(_PROBE, (sid, v, ip, proto, direction))
+        return row is not None and (int(row["packets"]), int(row["bytes"])) == (packets, nbytes)
 
     async def apply(self, tx: Tx) -> None:
         for args in self.wipe:
@@ -128,8 +142,11 @@ class MarkStore:
                 out.wipe.append((sid, v))
                 out.upsert.append((sid, v, "", "", "", 0, 0))  # "marks were stored"
                 old = {}
-            out.upsert += [(sid, v, k.addr, k.proto, k.direction, p, b) for k, (p, b) in now.items()
-                           if old.get(k) != (p, b)]
+            changed = [(sid, v, k.addr, k.proto, k.direction, p, b) for k, (p, b) in now.items()
+                       if old.get(k) != (p, b)]
+            out.upsert += changed
+            if out.probe is None:
+                out.probe = next((row for row in changed if RuleKey(*row[2:5]) in old), None)
             out.delete += [(sid, v, k.addr, k.proto, k.direction) for k in old if k not in now]
         return out
 
@@ -147,6 +164,8 @@ async def store_traffic(db: Database, traffic: Sequence[Traffic], *, when: dt.da
             for t in traffic if not t.empty]
 
     async def write(tx: Tx) -> None:
+        if marks is not None and await marks.applied_before(tx):
+            return  # a retry of a save that did commit
         if rows:
             await tx.executemany(_INSERT, rows)
         if marks is not None:
