@@ -19,7 +19,6 @@ from vpsadmind.testing.db import TestDbSettings, connect
 from vpsadmind.testing.engine import transactions_of, wait_chain
 from vpsadmind.testing.handlers import IDEMPOTENT_PROBE, RECOVERING_PROBE, read_effects
 from vpsadmind.testing.process import DaemonProcess, write_config
-from vpsadmind.testing.services import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -144,16 +143,10 @@ async def test_db_version_is_awaited(db: Any, daemon_factory: Any) -> None:
 
 @pytest.fixture
 def private_db(tmp_path: Path) -> Any:
-    from vpsadmind.testing.mariadb import PrivateMariaDB
+    from vpsadmind.testing.mariadb import private_server
 
-    if not PrivateMariaDB.available():
-        unavailable("mariadbd/mariadb-install-db are not installed")
-    server = PrivateMariaDB()
-    server.install()
-    server.start()
-    server.create_database("vpsadmind_outage")
-    yield server
-    server.remove()
+    with private_server("vpsadmind_outage") as server:
+        yield server
 
 
 async def test_db_outage_loses_no_result_and_reruns_nothing(private_db: Any, daemon_factory: Any,

@@ -22,8 +22,7 @@ from vpsadmind.engine.runner import run_transaction
 from vpsadmind.handlers.base import HANDLERS, Handler, HandlerContext, Outcome, Recovery, handler
 from vpsadmind.handlers.params import NoParams
 from vpsadmind.testing.engine import make_config
-from vpsadmind.testing.mariadb import PrivateMariaDB
-from vpsadmind.testing.services import unavailable
+from vpsadmind.testing.mariadb import PrivateMariaDB, private_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -59,14 +58,8 @@ class RecoversReader(_Reader):
 
 @pytest.fixture(scope="module")
 def private_db() -> Iterator[PrivateMariaDB]:
-    if not PrivateMariaDB.available():
-        unavailable("mariadbd/mariadb-install-db are not installed")
-    server = PrivateMariaDB()
-    server.install()
-    server.start()
-    server.create_database("vpsadmind_dbloss")
-    yield server
-    server.remove()
+    with private_server("vpsadmind_dbloss") as server:
+        yield server
 
 
 def _transaction(t_type: int) -> Transaction:

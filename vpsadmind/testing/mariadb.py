@@ -11,13 +11,15 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pymysql
 
 from vpsadmind.testing.db import TestDbSettings, create_database_sync
 
-__all__ = ["PrivateMariaDB", "free_port"]
+__all__ = ["PrivateMariaDB", "free_port", "private_server"]
 
 
 def free_port() -> int:
@@ -86,3 +88,21 @@ class PrivateMariaDB:
 
     def create_database(self, name: str) -> None:
         create_database_sync(name, self.settings())
+
+
+@contextmanager
+def private_server(database: str) -> Iterator[PrivateMariaDB]:
+    """A private MariaDB with ``database`` created, removed at the end; a test that cannot have one skips (or,
+    with ``CI=true``, fails)."""
+    from vpsadmind.testing.services import unavailable
+
+    if not PrivateMariaDB.available():
+        unavailable("mariadbd/mariadb-install-db are not installed")
+    server = PrivateMariaDB()
+    server.install()
+    try:
+        server.start()
+        server.create_database(database)
+        yield server
+    finally:
+        server.remove()
