@@ -217,6 +217,32 @@ async def test_a_broken_connection_is_redone_cleanly_on_zfs_fuse(db: aiomysql.Co
     await assert_no_leftovers(db, n1, n2)
 
 
+async def test_a_broken_incremental_stream_redone_leaves_no_hold(db: aiomysql.Connection,
+                                                                  nodes: tuple[Node, Node]) -> None:
+    """The same with ``-I``: the first attempt's zfs send, killed when its connection broke, left zfs-fuse's
+    temporary holds on the whole range although the retry succeeded (found by the soak: a later Vps::Destroy
+    could not destroy those snapshots). Only the last, successful run releases its holds by itself."""
+    n1, n2 = nodes
+    src, dst, s1, branch = await _source(db, n1, n2, count=1, size=64 * 1024)
+    chain, rows = await run(db, append_initial(ChainBuilder("first"), src, dst, [s1]), n1, n2)
+    assert chain["state"] == ChainState.DONE, [output(r) for r in rows]
+    write_files(n1.pool.mounted_path(f"{n1.pool.name}/101"), "b", count=4, size=1024 * 1024)
+    s2 = await take_snapshot(db, n1.pool, "101", "2026-11-26T01:00:00")
+    write_files(n1.pool.mounted_path(f"{n1.pool.name}/101"), "c", count=4, size=1024 * 1024)
+    s3 = await take_snapshot(db, n1.pool, "101", "2026-11-27T01:00:00")
+    _with_transfer(n1, rate_limit=3 * 1024 * 1024)
+    fired = await append_transfer(ChainBuilder("incr"), src, dst, [s1, s2, s3]).fire(db)
+    async with running_engine(n2.cfg), running_engine(n1.cfg) as sender:
+        closed = await _break_when_moving(sender, ["ss", "-K", "-t", "dst", "127.0.0.3", "dport", "= :10000"])
+        assert closed, "ss -K closed no socket"
+        chain = await wait_chain(db, fired.chain_id, timeout=60)
+    rows = await transactions_of(db, fired.chain_id)
+    assert chain["state"] == ChainState.DONE, [output(r) for r in rows]
+    assert output(rows[1])["attempts"] == 2, output(rows[1])
+    assert n2.pool.snapshots(branch) == [s1.name, s2.name, s3.name]
+    await assert_no_leftovers(db, n1, n2)  # userrefs 0 on every snapshot
+
+
 async def test_zfs_send_killed_after_its_stream_is_not_sent_twice(db: aiomysql.Connection,
                                                                   nodes: tuple[Node, Node]) -> None:
     """On zfs-fuse the daemon writes the stream, not the ``zfs send`` client: killed, the client exits -9

@@ -376,7 +376,7 @@ class Send(Handler[SendParams]):
             raise fail(str(exc), addr=p.addr, port=p.port, snapshot=last) from exc
         finally:
             try:  # a killed zfs send of zfs-fuse leaves holds on its whole range
-                await (holds.forget_send(store, sends) if sent else holds.release(zfs, store, sends))
+                await holds.finish_sends(zfs, store, sends, succeeded=sent)
             finally:
                 await holds.release(zfs, store, taken)
         return ok(bytes=result.bytes, seconds=round(result.seconds, 3), rate=round(result.rate),
@@ -487,7 +487,7 @@ class LocalSend(Handler[LocalSendParams]):
                     await zfs.mount(dst)
             finally:
                 try:  # a killed zfs send of zfs-fuse leaves holds on its whole range
-                    await (holds.forget_send(store, sends) if moved is not None else holds.release(zfs, store, sends))
+                    await holds.finish_sends(zfs, store, sends, succeeded=moved is not None)
                 finally:
                     await holds.release(zfs, store, taken)
         return ok(existing=_snapshot_names(before), target_existed=existed, bytes=moved,

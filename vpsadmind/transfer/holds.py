@@ -15,7 +15,7 @@ from vpsadmind.transfer.store import TransferStore
 from vpsadmind.zfs.driver import Zfs
 from vpsadmind.zfs.errors import HoldExists, ZfsError
 
-__all__ = ["hold_tag", "take", "release", "release_all", "SEND_TAG_PREFIX", "note_send", "forget_send"]
+__all__ = ["hold_tag", "take", "release", "release_all", "SEND_TAG_PREFIX", "note_send", "finish_sends"]
 
 #: zfs-fuse's ``zfs send -I`` holds its whole range with ``.send-<pid>-0`` and keeps the holds for ever when it is
 #: killed (by the stall watchdog, a cancelled stream or the daemon's own death). The ledger keeps such a tag with
@@ -83,13 +83,19 @@ async def note_send(zfs: Zfs, store: TransferStore, pid: int, ends: Iterable[str
     return pairs
 
 
-async def forget_send(store: TransferStore, pairs: Iterable[tuple[str, str]]) -> None:
-    """The send ended normally: zfs-fuse released its holds itself, only the ledger entry goes."""
+async def finish_sends(zfs: Zfs, store: TransferStore, pairs: Iterable[tuple[str, str]], *, succeeded: bool) -> None:
+    """The ledger entries of a transfer's ``zfs send`` runs, in the order they started. After a success the last
+    run ended normally and released its holds itself: only its entry goes. Every other run was killed (a failed
+    stream, or an attempt that was retried) and its holds are released on their range."""
     by_tag: dict[str, list[str]] = {}
     for tag, snap in pairs:
         by_tag.setdefault(tag, []).append(snap)
-    for tag, snaps in by_tag.items():
-        await store.forget_holds(tag, snaps)
+    tags = list(by_tag)
+    for tag in tags:
+        if succeeded and tag == tags[-1]:
+            await store.forget_holds(tag, by_tag[tag])
+        else:
+            await release(zfs, store, [(tag, snap) for snap in by_tag[tag]])
 
 
 async def release_all(zfs: Zfs, store: TransferStore, *, chain_id: int | None = None,
