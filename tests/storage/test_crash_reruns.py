@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 
@@ -178,3 +179,26 @@ async def test_self_rollback_after_a_name_collision_keeps_the_other_snapshot(
         await h.exec()
     await h.rollback()
     assert pool.snapshots(ds) == ["2020-01-01T00:00:00"]
+
+
+async def test_local_send_rerun_after_its_stream_arrived_releases_what_the_first_run_held(
+        direct: Direct, pool: Pool, db: Any) -> None:
+    """A LocalSend interrupted after its stream arrived (a kill, a lost database) is run again and finds its
+    snapshot on the target: it has nothing more to send, but the holds its first run took are its to release
+    (found by the soak: a ledger row and its hold outlived the chain)."""
+    pool.zfs("create", "-p", f"{pool.name}/a")
+    pool.zfs("snapshot", f"{pool.name}/a@s1")
+    params = {"src_pool_fs": pool.name, "dst_pool_fs": pool.name, "src_dataset_name": "a",
+              "dst_dataset_name": "b", "snapshots": [{"id": 1, "name": "s1", "confirmed": 1}]}
+    assert isinstance(await direct.make(5223, params, t_id=55).exec(), Outcome)
+    # what the interrupted first run left: its hold and the ledger row written before it
+    pool.zfs("hold", "vpsadmind-transfer-1", f"{pool.name}/a@s1")
+    async with db.cursor() as cur:
+        await cur.execute("INSERT INTO vpsadmind_holds (server_id, tag, snapshot, chain_id, transaction_id, "
+                          "created_at) VALUES (1, 'vpsadmind-transfer-1', %s, 1, 55, NOW())", (f"{pool.name}/a@s1",))
+    out = await direct.make(5223, params, t_id=55).exec()
+    assert isinstance(out, Outcome) and out.output["bytes"] == 0  # nothing sent again
+    assert pool.prop(f"{pool.name}/a@s1", "userrefs")[0] == "0"
+    async with db.cursor() as cur:
+        await cur.execute("SELECT COUNT(*) FROM vpsadmind_holds")
+        assert (await cur.fetchone())[0] == 0

@@ -356,8 +356,6 @@ class Send(Handler[SendParams]):
             raise fail(f"snapshot {last} does not exist", snapshot=last)
         spec = SendSpec(t.chain_id, t.t_id, p.addr, p.port, secret, last, base, props[last]["guid"].value,
                         _estimate(props, base, last))
-        # a re-run after a crash: what the interrupted run held (zfs-fuse's holds of a killed zfs send too)
-        await holds.release_all(zfs, store, transaction_id=t.t_id)
         taken = await holds.take(zfs, store, [s for s in (base, last) if s], chain_id=t.chain_id,
                                  transaction_id=t.t_id)
         sends: list[tuple[str, str]] = []  # ledger entries of zfs-fuse's own holds of each zfs send
@@ -451,6 +449,10 @@ class LocalSend(Handler[LocalSendParams]):
     async def exec(self) -> Outcome | None:
         p, t = self.params, self.transaction
         zfs = await zfs_driver(self.ctx)
+        store = _store(self.ctx)
+        # a re-run (after a crash or a lost database): what the interrupted run held goes first, also when
+        # its stream arrived and this run has nothing more to do (zfs-fuse's holds of a killed zfs send too)
+        await holds.release_all(zfs, store, transaction_id=t.t_id)
         names = await resolve_names(self.ctx.db, p.snapshots)
         src, dst = p.source(), p.target()
         last = f"{src}@{names[-1]}"
@@ -462,7 +464,6 @@ class LocalSend(Handler[LocalSendParams]):
             raise fail(f"snapshot {last} does not exist", snapshot=last)
         if any(s.short == names[-1] and str(s.guid) == guids[last] for s in before):
             return ok(existing=_saved_existing(t.t_output), target_existed=True, bytes=0)
-        store = _store(self.ctx)
         taken = await holds.take(zfs, store, [s for s in (base, last) if s], chain_id=t.chain_id,
                                  transaction_id=t.t_id)
         progress = self.ctx.progress.open("local", chain_id=t.chain_id, transaction_id=t.t_id,
