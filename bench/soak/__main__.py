@@ -99,6 +99,10 @@ def report(args: argparse.Namespace, seed: int, run: Soak, checks: dict[str, lis
         say(f"\n  {name}:")
         for item in items[:20]:
             say(f"    - {item}")
+    for chain_id, lines in run.evidence.items():
+        say(f"\n  evidence of fatal chain {chain_id}:")
+        for line in lines:
+            say(f"    {line}")
     for p in problems:
         say(f"  clean-up: {p}")
     say("\nFault log")
@@ -110,6 +114,7 @@ def report(args: argparse.Namespace, seed: int, run: Soak, checks: dict[str, lis
             "outcomes": dict(run.outcomes),
             "states": dict(run.states), "faults": dict(run.chaos.counts), "missed": dict(run.chaos.missed),
             "zfs_faults": dict(run.chaos.zfs_faults), "unplanned": dict(run.unplanned),
+            "evidence": {str(k): v for k, v in run.evidence.items()},
             "recoveries": [{"node": r.node, "kind": r.kind, "serving": r.serving, "next_save": r.next_save}
                            for r in rec],
             "invariants": {k: len(v) for k, v in checks.items()}, "violations": bad, "cleanup": problems}, indent=1))

@@ -19,6 +19,7 @@ from bench.soak.cluster import BACKUP, HV, Cluster, stop_daemons
 from bench.soak.faults import Chaos
 from bench.soak.workload import FAKE_VPS, Api, Planned, Vps, choose, plan
 from bench.soak.world import diff, fingerprint, leftovers, zfs_objects
+from vpsadmind import system
 from vpsadmind.engine.model import ChainState
 from vpsadmind.testing.chains import ResourceLocked
 from vpsadmind.testing.traffic import db_totals
@@ -60,6 +61,7 @@ class Soak:
     next_veid: int = 100
     pump_errors: list[str] = field(default_factory=list)
     unplanned: Counter[str] = field(default_factory=Counter)      # why chains failed without a planned step
+    evidence: dict[int, list[str]] = field(default_factory=dict)  # a fatal chain's holds and zfs history
     async def run(self) -> None:
         for i in range(self.vps_count):
             self.next_veid += 1
@@ -190,6 +192,7 @@ class Soak:
             self.violations += [f"{where} failed but changed: {d}" for d in diff(f.before, after)]
         else:
             self.violations.append(f"{where} ended {name}: {await _errors(conn, f.chain_id)}")
+            self.evidence[f.chain_id] = await _evidence(self.cluster, conn, p.vps.veid)
 
     async def _check_done(self, conn: aiomysql.Connection, p: Planned) -> list[str]:
         """A done chain's own effects, counted on the nodes: every snapshot the model expects exists once and no
@@ -247,6 +250,20 @@ async def _first_error(conn: aiomysql.Connection, chain_id: int) -> str:
     except ValueError:
         error = str(row[1])
     return f"{row[0]}: {_NUMBERS.sub('N', error.split(chr(10))[0])[:90]}"
+
+
+async def _evidence(cluster: Cluster, conn: aiomysql.Connection, veid: int) -> list[str]:
+    """What a fatal chain's rollback ran into, for the report: the hold ledger and every pool's zfs history of
+    the VPS's datasets (holds, releases, sends, destroys)."""
+    out: list[str] = []
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT server_id, tag, snapshot, chain_id, transaction_id FROM vpsadmind_holds")
+        out += [f"ledger: {r}" for r in await cur.fetchall()]
+    for node in cluster.nodes.values():
+        done = await system.run([cluster.zfs.zpool_bin, "history", node.pool.name], timeout=60, valid_rcs=(0, 1))
+        out += [f"{node.name}: {line}" for line in done.stdout.splitlines()
+                if f"/{veid}@" in line.replace(" ", "@") or f"/{veid} " in line][-40:]
+    return out
 
 
 async def _chain_state(conn: aiomysql.Connection, chain_id: int | None) -> str:
