@@ -30,6 +30,7 @@ from typing import Final
 import aiomysql
 
 from bench.soak.cluster import BACKUP, DATABASE, STALL_TIMEOUT, Cluster
+from bench.soak.world import zfs_processes
 from vpsadmind import system
 from vpsadmind.testing.db import connect
 from vpsadmind.testing.fakezfs import faults as fakefaults
@@ -112,7 +113,7 @@ class Chaos:
         """Wait (up to 30 s) for a transfer's ``zfs send``, then kill its source or destination daemon."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            sends = await asyncio.to_thread(_zfs_processes, "send")
+            sends = await asyncio.to_thread(zfs_processes, "send")
             if sends:
                 pid, pool = sends[0]
                 src = next((s for s, n in self.cluster.nodes.items() if n.pool.name == pool), None)
@@ -210,7 +211,7 @@ class Chaos:
     async def fault_stall(self) -> bool:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            sends = await asyncio.to_thread(_zfs_processes, "send")
+            sends = await asyncio.to_thread(zfs_processes, "send")
             if sends:
                 pid = sends[0][0]
                 try:
@@ -289,20 +290,3 @@ def _saves(log: Path) -> int:
         return log.read_text(errors="replace").count('"transaction_saved"')
     except OSError:
         return 0
-
-
-def _zfs_processes(verb: str) -> list[tuple[int, str]]:
-    """``(pid, pool)`` of running ``zfs <verb>`` processes (zfs-fuse's CLI rewrites ``@`` in its argv as a
-    space, so the pool is the first word after the verb's options up to ``/``)."""
-    found: list[tuple[int, str]] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            words = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
-        except OSError:
-            continue
-        if len(words) > 2 and os.path.basename(words[0]) == "zfs" and words[1] == verb:
-            operand = next((w for w in words[2:] if not w.startswith("-")), "")
-            found.append((int(entry), operand.split("/")[0].split("@")[0]))
-    return found

@@ -18,7 +18,7 @@ from vpsadmind import system
 from vpsadmind.testing.fakevz.layout import Layout
 from vpsadmind.testing.zfssplit import fake_state
 
-__all__ = ["fingerprint", "zfs_objects", "leftovers", "diff"]
+__all__ = ["fingerprint", "zfs_objects", "zfs_processes", "leftovers", "diff"]
 
 #: columns the reporters change on their own (used/avail, timestamps) are not part of a row's identity
 _ROW_QUERIES = {
@@ -117,19 +117,20 @@ async def _holds(cluster: Cluster, snapshots: list[str]) -> list[str]:
     return out
 
 
-def _receivers() -> list[str]:
-    """``zfs recv``/``receive`` processes still alive (the zfs CLI rewrites its argv, so read comm and args)."""
-    found: list[str] = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+def zfs_processes(*verbs: str) -> list[tuple[int, str]]:
+    """``(pid, pool)`` of running ``zfs <verb>`` processes for any of ``verbs`` (zfs-fuse's CLI rewrites ``@`` in
+    its argv as a space, so the pool is the first word after the verb's options up to ``/``)."""
+    found: list[tuple[int, str]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
         try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            words = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
         except OSError:
             continue
-        words = args.split()
-        if words and os.path.basename(words[0]) == "zfs" and any(w in ("recv", "receive") for w in words[1:3]):
-            found.append(f"pid {pid}: {args.strip()}")
+        if len(words) > 2 and os.path.basename(words[0]) == "zfs" and words[1] in verbs:
+            operand = next((w for w in words[2:] if not w.startswith("-")), "")
+            found.append((int(entry), operand.split("/")[0].split("@")[0]))
     return found
 
 
@@ -138,7 +139,8 @@ async def leftovers(cluster: Cluster, conn: aiomysql.Connection) -> dict[str, li
     objects = await zfs_objects(cluster)
     out: dict[str, list[str]] = {
         "holds": await _holds(cluster, [n for n in objects if "@" in n]),
-        "receiver processes": await asyncio.to_thread(_receivers),
+        "receiver processes": [f"pid {pid}: zfs recv into {pool}"
+                               for pid, pool in await asyncio.to_thread(zfs_processes, "recv", "receive")],
         ".rollback / temporary datasets": [n for n in objects if ".rollback" in n or "vpsadmind-" in n.split("@")[0]
                                            or "%" in n],
     }
